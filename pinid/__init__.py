@@ -1,0 +1,36 @@
+"""pinid: which pin is this? Identify enamel pins from photos.
+
+The whole public API fits on one screen::
+
+    from pinid import Encoder, PinIndex, read_catalogue
+
+    encoder = Encoder.load()                      # ViT-B-32-256 / datacomp_s34b_b86k
+    index = PinIndex.build(read_catalogue("pins/"), "pins.index", encoder)
+    index = PinIndex.load("pins.index")           # later: loads the encoder it was built with
+    for match in index.identify("photo.jpg", k=5):
+        print(match.rank, match.pin_id, match.name, match.score)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .catalogue import Catalogue, PinRecord, read_catalogue
+from .encoder import Encoder, EncoderSpec
+from .errors import PinidError
+from .images import load_image
+from .index import Identification, Match, PinIndex
+
+__all__ = [
+    "Catalogue",
+    "Encoder",
+    "EncoderSpec",
+    "Identification",
+    "Match",
+    "PinIndex",
+    "PinRecord",
+    "PinidError",
+    "load_image",
+    "read_catalogue",
+    "__version__",
+]

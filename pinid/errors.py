@@ -1,0 +1,49 @@
+"""Exception hierarchy: every failure a user can cause is a ``PinidError``.
+
+Each class carries the process exit code the CLI uses, so scripts calling
+``pinid`` can tell a bad photo from a broken index without parsing text.
+"""
+
+from __future__ import annotations
+
+
+class PinidError(Exception):
+    """Base class for errors caused by input, data or environment (not bugs)."""
+
+    exit_code = 1
+
+
+class InputError(PinidError):
+    """A path or argument given by the user is wrong (missing file, bad value)."""
+
+    exit_code = 2
+
+
+class ImageError(PinidError):
+    """An image file cannot be decoded (corrupt, truncated, not an image, too large)."""
+
+    exit_code = 3
+
+
+class CatalogueError(PinidError):
+    """A catalogue is empty or malformed."""
+
+    exit_code = 4
+
+
+class IndexFormatError(PinidError):
+    """An index directory is missing, damaged, or of an unsupported format version."""
+
+    exit_code = 5
+
+
+class EncoderMismatchError(PinidError):
+    """An index is queried with a different encoder than the one that built it."""
+
+    exit_code = 6
+
+
+class WeightsUnavailableError(PinidError):
+    """Model weights cannot be found locally and cannot be downloaded."""
+
+    exit_code = 7
