@@ -267,6 +267,8 @@ class Encoder:
         variable) forbids any network access.
         """
         spec = model if isinstance(model, EncoderSpec) else EncoderSpec(model, pretrained)
+        if spec.model.startswith(LOCAL_DIR_PREFIX):  # record where it is, not where we stood
+            spec = EncoderSpec(LOCAL_DIR_PREFIX + str(Path(spec.model[len(LOCAL_DIR_PREFIX):]).expanduser().resolve()))
         resolved = resolve_weights(spec, offline=offline, cache_dir=cache_dir)
         device = _pick_device(device)
         import open_clip

@@ -1,0 +1,117 @@
+"""The CLI end to end, through the real entry point and the tiny local-dir model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pinid.cli import main
+
+from .conftest import corrupt_files
+
+
+def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def index_dir(make_catalogue, tiny_model_dir: Path, tmp_path: Path, capsys) -> Path:
+    code, out, err = run(capsys, "build-index", make_catalogue(pins=5, images_per_pin=2), "-o", tmp_path / "idx",
+                         "--model", f"local-dir:{tiny_model_dir}", "--batch-size", "4")
+    assert code == 0, err
+    assert "5 pins, 10 images" in out
+    return tmp_path / "idx"
+
+
+def test_identify_exact_image_table_and_json(index_dir: Path, tmp_path: Path, capsys) -> None:
+    photo = tmp_path / "catalogue" / "pin-003" / "img1.png"
+    code, out, _ = run(capsys, "identify", photo, "-i", index_dir, "-k", "3")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == str(photo) and "rank" in lines[1]
+    assert lines[2].split()[:2] == ["1", "pin-003"] and "Pin number 3" in lines[2]
+    code, out, _ = run(capsys, "identify", photo, "-i", index_dir, "--json")
+    result = json.loads(out)[0]
+    assert code == 0 and result["error"] is None and len(result["matches"]) == 5
+    best = result["matches"][0]
+    assert best["pin_id"] == "pin-003" and best["score"] >= 0.99 and best["metadata"] == {"series": "test"}
+
+
+def test_build_summary_lists_three_corrupt_files(make_catalogue, tiny_model_dir: Path, tmp_path: Path,
+                                                 capsys) -> None:
+    root = make_catalogue(pins=17, images_per_pin=1)
+    bad = corrupt_files(root / "pin-017")
+    code, out, err = run(capsys, "build-index", root, "-o", tmp_path / "idx", "--model",
+                         f"local-dir:{tiny_model_dir}")
+    assert code == 0, err
+    assert "17 pins, 17 images" in out and "images/s" in out
+    skipped_lines = [line for line in out.splitlines() if line.startswith("  ")]
+    for path in bad:
+        assert any(line.startswith(f"  {path}:") for line in skipped_lines)
+
+
+def test_identify_with_another_encoder_exits_6_naming_both(index_dir: Path, tmp_path: Path, other_model_dir: Path,
+                                                           tiny_model_dir: Path, capsys) -> None:
+    photo = tmp_path / "catalogue" / "pin-000" / "img0.png"
+    code, out, err = run(capsys, "identify", photo, "-i", index_dir, "--model", f"local-dir:{other_model_dir}")
+    assert code == 6 and out == ""
+    assert err.count("\n") == 1 and err.startswith("pinid: error:")
+    assert str(tiny_model_dir) in err and str(other_model_dir) in err
+
+
+def test_corrupt_photo_exits_3_but_answers_the_others(index_dir: Path, tmp_path: Path, capsys) -> None:
+    bad = corrupt_files(tmp_path / "bad")[0]
+    good = tmp_path / "catalogue" / "pin-001" / "img0.png"
+    code, out, err = run(capsys, "identify", bad, good, "-i", index_dir)
+    assert code == 3
+    assert "pin-001" in out and "could not be read" in out
+    assert err.strip().count("\n") == 0 and str(bad) in err
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["identify", "x.jpg", "-i", "{tmp}/no-index"], 5, "does not exist"),
+    (["build-index", "{tmp}/no-catalogue", "-o", "{tmp}/i"], 2, "does not exist"),
+    (["build-index", "{tmp}/empty", "-o", "{tmp}/i", "--model", "local-dir:{tmp}/m"], 4, "no pins"),
+    (["build-index", "{tmp}/cat", "-o", "{tmp}/i", "--offline"], 7, "ViT-B-32-256 (datacomp_s34b_b86k)"),
+    (["info", "{tmp}/cat"], 5, "not a pinid index"),
+    (["identify", "-i", "{tmp}/i"], 2, "Missing argument"),
+])
+def test_errors_are_one_line_with_documented_exit_codes(make_catalogue, tmp_path: Path, capsys, args, code,
+                                                        text) -> None:
+    (tmp_path / "empty").mkdir()
+    make_catalogue(pins=1, root=tmp_path / "cat")
+    (tmp_path / "cat" / "manifest.json").write_text("{}")
+    got, out, err = run(capsys, *[a.format(tmp=tmp_path) for a in args])
+    assert got == code, err
+    assert text in err
+    assert "Traceback" not in err
+
+
+def test_info_describes_index_without_loading_model(index_dir: Path, tiny_model_dir: Path, capsys) -> None:
+    code, out, _ = run(capsys, "info", index_dir)
+    assert code == 0
+    assert "pins:       5" in out and "images:     10" in out and str(tiny_model_dir) in out
+    code, out, _ = run(capsys, "info", index_dir, "--json")
+    assert json.loads(out)["counts"] == {"pins": 5, "images": 10}
+
+
+def test_console_script_runs(index_dir: Path, tmp_path: Path) -> None:
+    pinid = Path(sys.executable).parent / "pinid"
+    if not pinid.exists():
+        pytest.skip("console script not installed (run pip install -e .)")
+    photo = tmp_path / "catalogue" / "pin-002" / "img0.png"
+    done = subprocess.run([str(pinid), "identify", str(photo), "-i", str(index_dir), "--json", "-k", "1"],
+                          capture_output=True, text=True, env={**os.environ, "PINID_OFFLINE": "1"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["matches"][0]["pin_id"] == "pin-002"
