@@ -213,11 +213,21 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def file_sha256(path: Path) -> str:
+def weights_digest(module: Any) -> str:
+    """sha256 over the image tower's tensors (names, shapes, values).
+
+    It identifies the weights, not the file: the same weights exported from a
+    .bin to a safetensors folder keep their digest, so an index built online
+    can be queried offline with the exported copy.
+    """
+    import torch
+
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
+        if data.numel():
+            digest.update(data.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -273,20 +283,13 @@ class Encoder:
         device = _pick_device(device)
         import open_clip
 
-        try:
-            clip, _, preprocess = open_clip.create_model_and_transforms(
-                resolved.open_clip_name,
-                pretrained=None if resolved.open_clip_name.startswith(LOCAL_DIR_PREFIX) else str(resolved.checkpoint),
-                device=device, require_pretrained=True, **resolved.open_clip_kwargs)
-        except Exception as exc:  # torch/safetensors/open_clip raise many types for a bad checkpoint
-            raise WeightsUnavailableError(
-                f"cannot load {spec.describe()} from {resolved.checkpoint}: {str(exc).splitlines()[0]}") from exc
+        clip, preprocess = _create_clip(spec, resolved, device)
         visual = clip.visual.eval()
         preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(clip))
         embedding_dim = int(getattr(visual, "output_dim", 0) or clip.text_projection.shape[1])
         del clip  # keep only the image tower: the text tower is a third of the memory
         return cls(spec, visual, preprocess, _jsonable(preprocess_cfg), embedding_dim,
-                   file_sha256(resolved.checkpoint), device)
+                   weights_digest(visual), device)
 
     def identity(self) -> dict[str, Any]:
         """What an index records so that it is only ever queried with the same encoder."""
@@ -346,6 +349,21 @@ class Encoder:
             return exc
 
 
+def _create_clip(spec: EncoderSpec, resolved: _ResolvedWeights, device: str) -> tuple[Any, Callable]:
+    import open_clip
+
+    from_folder = resolved.open_clip_name.startswith(LOCAL_DIR_PREFIX)
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(
+            resolved.open_clip_name, pretrained=None if from_folder else str(resolved.checkpoint),
+            device=device, require_pretrained=True, **resolved.open_clip_kwargs)
+    except Exception as exc:  # torch/safetensors/open_clip raise many types for a bad checkpoint
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise WeightsUnavailableError(f"cannot load {spec.describe()} from {resolved.checkpoint}: "
+                                      f"{first_line}") from exc
+    return clip, preprocess
+
+
 def _prefetched_batches(pool: ThreadPoolExecutor, work: Callable[[Any], Any], items: Sequence[Any],
                         batch_size: int, batches_ahead: int = 2):
     """Yield (positions, results, errors) per batch while later batches decode in ``pool``."""
@@ -387,10 +405,7 @@ def save_local_dir(out_dir: str | os.PathLike, model: str = DEFAULT_MODEL, pretr
     if not random_weights:
         encoder_spec = EncoderSpec(model, pretrained)
         resolved = resolve_weights(encoder_spec)
-        clip, _, _ = open_clip.create_model_and_transforms(
-            resolved.open_clip_name,
-            pretrained=None if resolved.open_clip_name.startswith(LOCAL_DIR_PREFIX) else str(resolved.checkpoint),
-            require_pretrained=True, **resolved.open_clip_kwargs)
+        clip, _ = _create_clip(encoder_spec, resolved, "cpu")
         model_cfg = model_cfg or open_clip.get_model_config(resolved.open_clip_name)
         preprocess_cfg = _jsonable(dict(open_clip.get_model_preprocess_cfg(clip)))
     else:

@@ -13,6 +13,7 @@ replaced and removed later without re-encoding the rest. Nothing is pickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -27,7 +28,7 @@ import numpy as np
 from . import __version__
 from ._atomic import replace_directory_atomically
 from .catalogue import Catalogue, PinRecord
-from .encoder import Encoder, EncoderSpec, file_sha256
+from .encoder import Encoder, EncoderSpec
 from .errors import CatalogueError, EncoderMismatchError, ImageError, IndexFormatError, PinidError
 from .images import ImageSource
 
@@ -113,6 +114,7 @@ class PinIndex:
         self.encoder = encoder
         self.build_report: BuildReport | None = None
         self._vectors = vectors
+        self._searcher = _ExactSearcher(vectors)
         self._table = table
 
     # ----------------------------------------------------------------- build
@@ -216,7 +218,7 @@ class PinIndex:
         total = self._vectors.ntotal
         depth = min(total, max(4 * k, k + 32))
         while True:
-            scores, ids = self._vectors.search(queries, depth)
+            scores, ids = self._searcher.search(queries, depth)
             ranked = [self._aggregate(score_row, id_row, k) for score_row, id_row in zip(scores, ids)]
             if depth >= total or all(len(r) >= min(k, len(self._table.pins)) for r in ranked):
                 return ranked
@@ -248,6 +250,44 @@ class PinIndex:
     def info(self) -> dict[str, Any]:
         """A summary of the manifest, for people and for `pinid info --json`."""
         return {"path": str(self.path), **self.manifest}
+
+
+class _ExactSearcher:
+    """Exact inner-product search with BLAS over FAISS's own flat storage (zero-copy).
+
+    FAISS answers a single query on a flat index with a one-threaded scan
+    (52 ms for 100k x 512 on the 2-core reference machine); a BLAS matrix-vector
+    product over the same memory uses every core and runs at memory bandwidth
+    (16 ms). Results are identical. Approximate indexes would use FAISS's search.
+    """
+
+    _QUERY_BLOCK = 64  # bounds the (images x queries) score matrix
+
+    def __init__(self, index: Any) -> None:
+        import faiss
+
+        flat = faiss.downcast_index(index.index)
+        if not isinstance(flat, faiss.IndexFlat):
+            raise IndexFormatError(f"unsupported FAISS index type {type(flat).__name__}")
+        self._index = index  # keeps the memory behind the view alive
+        self._matrix = faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+        self._ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+
+    def search(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        depth = min(depth, len(self._ids))
+        scores_out = np.empty((len(queries), depth), dtype=np.float32)
+        ids_out = np.empty((len(queries), depth), dtype=np.int64)
+        for start in range(0, len(queries), self._QUERY_BLOCK):
+            block = queries[start:start + self._QUERY_BLOCK]
+            scores = self._matrix @ block.T  # (images, queries)
+            for column in range(scores.shape[1]):
+                column_scores = scores[:, column]
+                top = (np.argpartition(-column_scores, depth - 1)[:depth] if depth < len(column_scores)
+                       else np.arange(len(column_scores)))
+                order = top[np.argsort(-column_scores[top], kind="stable")]
+                scores_out[start + column] = column_scores[order]
+                ids_out[start + column] = self._ids[order]
+        return scores_out, ids_out
 
 
 # --------------------------------------------------------------------- checks
@@ -335,11 +375,19 @@ def _write_database(path: Path, rows: dict[str, tuple[PinRecord, list]], image_c
                                (pin_row, pin.pin_id, pin.name, json.dumps(pin.metadata, ensure_ascii=False,
                                                                           default=str)))
             connection.executemany("INSERT INTO images VALUES (?, ?, ?, ?)",
-                                   [(vector_row, pin_row, str(image_path), file_sha256(image_path))
+                                   [(vector_row, pin_row, str(image_path), _file_sha256(image_path))
                                     for vector_row, image_path in images])
         connection.commit()
     finally:
         connection.close()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_vectors(path: Path, vectors: np.ndarray) -> None:

@@ -179,3 +179,11 @@ def test_default_pretrained_model_encodes(monkeypatch: pytest.MonkeyPatch) -> No
     encoder = Encoder.load()
     vectors = encoder.encode_images([draw_pin_image(1), draw_pin_image(1)]).vectors
     assert vectors.shape == (2, 512) and float(vectors[0] @ vectors[1]) > 0.999
+
+
+def test_weights_digest_survives_export_to_another_folder(tiny_encoder: Encoder, tiny_model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    exported = save_local_dir(tmp_path / "exported", f"local-dir:{tiny_model_dir}")
+    copy = Encoder.load(f"local-dir:{exported}", device="cpu")
+    assert copy.weights_sha256 == tiny_encoder.weights_sha256
+    assert copy.identity()["preprocess"] == tiny_encoder.identity()["preprocess"]

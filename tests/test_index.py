@@ -230,3 +230,21 @@ def test_damaged_index_is_a_clear_error(built: PinIndex, how: str) -> None:
 def test_missing_index_directory(tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError, match="does not exist"):
         PinIndex.load(tmp_path / "nothing", encoder=None)
+
+
+def test_blas_search_agrees_with_faiss_search() -> None:
+    import faiss
+
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((3000, 24)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    faiss_index = faiss.IndexIDMap2(faiss.IndexFlatIP(24))
+    ids = rng.permutation(10_000)[:3000].astype(np.int64)  # ids need not be 0..n-1
+    faiss_index.add_with_ids(vectors, ids)
+    queries = rng.standard_normal((130, 24)).astype(np.float32)  # more than one query block
+    expected_scores, expected_ids = faiss_index.search(queries, 10)
+    scores, found = index_module._ExactSearcher(faiss_index).search(queries, 10)
+    assert np.array_equal(found, expected_ids)
+    assert np.allclose(scores, expected_scores, atol=1e-5)
+    all_scores, all_ids = index_module._ExactSearcher(faiss_index).search(queries[:1], 5000)
+    assert all_ids.shape == (1, 3000) and np.all(np.diff(all_scores[0]) <= 0)
