@@ -29,7 +29,8 @@ from . import __version__
 from ._atomic import replace_directory_atomically
 from .catalogue import Catalogue, PinRecord
 from .encoder import Encoder, EncoderSpec
-from .errors import CatalogueError, EncoderMismatchError, ImageError, IndexFormatError, PinidError
+from .errors import (CatalogueError, EncoderMismatchError, ImageError, IndexFormatError, PinidError,
+                     WeightsUnavailableError)
 from .images import ImageSource
 
 FORMAT_NAME = "pinid-index"
@@ -180,8 +181,13 @@ class PinIndex:
                                    f"manifest says {manifest['encoder']['embedding_dim']}; rebuild it")
         if encoder == "manifest":
             recorded = manifest["encoder"]
-            encoder = Encoder.load(EncoderSpec(recorded["model"], recorded.get("pretrained")),
-                                   device=device, offline=offline)
+            spec = EncoderSpec(recorded["model"], recorded.get("pretrained"))
+            try:
+                encoder = Encoder.load(spec, device=device, offline=offline)
+            except WeightsUnavailableError as exc:
+                raise WeightsUnavailableError(
+                    f"index {folder} needs encoder {spec.describe()}: {exc} (if the weights moved, "
+                    "pass --model/--pretrained pointing at the same weights)") from exc
         if encoder is not None:
             check_encoder(folder, manifest["encoder"], encoder)
         return cls(folder, manifest, vectors, table, encoder)

@@ -248,3 +248,18 @@ def test_blas_search_agrees_with_faiss_search() -> None:
     assert np.allclose(scores, expected_scores, atol=1e-5)
     all_scores, all_ids = index_module._ExactSearcher(faiss_index).search(queries[:1], 5000)
     assert all_ids.shape == (1, 3000) and np.all(np.diff(all_scores[0]) <= 0)
+
+
+def test_moved_model_folder_error_says_how_to_point_at_it(make_catalogue, tiny_model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    import shutil
+
+    from pinid.errors import WeightsUnavailableError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    encoder = Encoder.load(f"local-dir:{model}", device="cpu")
+    PinIndex.build(read_catalogue(make_catalogue(pins=2)), tmp_path / "idx", encoder)
+    model.rename(tmp_path / "model-moved")
+    with pytest.raises(WeightsUnavailableError, match="--model"):
+        PinIndex.load(tmp_path / "idx")
