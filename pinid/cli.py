@@ -141,6 +141,50 @@ def info(index_dir: Path, as_json: bool) -> None:
                f"catalogue:  {summary['catalogue']['source']}")
 
 
+@cli.command("eval")
+@click.option("-i", "--index", "index_dir", required=True, type=click.Path(path_type=Path),
+              help="index directory to score")
+@click.option("--queries", "ground_truth", required=True, type=click.Path(path_type=Path),
+              help="ground truth CSV/JSONL: query_id,image,pin_id,design,split")
+@click.option("--threshold", type=float, default=None,
+              help="operating threshold for open-set metrics [default: the index's own, if any]")
+@click.option("--failures", "failures_dir", type=click.Path(path_type=Path), default=None,
+              help="write contact sheets of failed queries (PNG) to this folder")
+@click.option("--json", "as_json", is_flag=True, help="print the full JSON result instead of the table")
+@click.option("--output", "json_path", type=click.Path(path_type=Path), default=None,
+              help="also write the JSON result to this file")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--latency-samples", type=click.IntRange(min=0), default=50, show_default=True,
+              help="queries timed one by one for the latency rows")
+@_device_option
+@_offline_option
+@_threads_option
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def evaluate_command(index_dir: Path, ground_truth: Path, threshold: float | None, failures_dir: Path | None,
+                     as_json: bool, json_path: Path | None, batch_size: int, latency_samples: int, device: str,
+                     offline: bool | None, threads: int | None, quiet: bool) -> None:
+    """Score an index on ground-truth queries: recall@k, MRR, colourways, open set, latency."""
+    from .evaluate import evaluate, read_queries
+    from .index import PinIndex
+
+    _set_threads(threads)
+    queries = read_queries(ground_truth)
+    index = PinIndex.load(index_dir, device=device, offline=offline)
+    with _progress(len(queries), "querying", quiet) as advance:
+        report = evaluate(index, queries, batch_size=batch_size, threshold=threshold,
+                          latency_samples=latency_samples, on_progress=advance)
+    if json_path:
+        json_path.write_text(report.to_json() + "\n", encoding="utf-8")
+    click.echo(report.to_json() if as_json else report.to_markdown())
+    if failures_dir:
+        from .contact_sheet import failed_outcomes, write_failure_sheets
+
+        used_threshold = report.metrics["open_set"]["at_threshold"]
+        failed = failed_outcomes(report.outcomes, used_threshold["threshold"] if used_threshold else None)
+        sheets = write_failure_sheets(failed, index, failures_dir)
+        click.echo(f"{len(failed)} failures; {len(sheets)} contact sheet(s) in {failures_dir}", err=True)
+
+
 @cli.command("export-model")
 @click.argument("model")
 @click.option("--pretrained", default=None, metavar="TAG|FILE", help="pretrained tag or weights file")

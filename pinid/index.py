@@ -248,6 +248,15 @@ class PinIndex:
                 break
         return matches
 
+    def reference_images(self, pin_id: str) -> list[str]:
+        """Paths of a pin's reference images, as recorded at build time."""
+        table = self._table
+        rows = [row for row, (known_id, _, _) in table.pins.items() if known_id == pin_id]
+        if not rows:
+            return []
+        image_ids = table.image_ids[table.image_pin_rows == rows[0]]
+        return [table.image_paths[int(image_id)] for image_id in image_ids]
+
     def _require_encoder(self) -> Encoder:
         if self.encoder is None:
             raise PinidError("this index was loaded without an encoder; load it with encoder='manifest'")
