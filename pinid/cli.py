@@ -101,7 +101,8 @@ def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, m
         recorded = read_manifest(index_dir)["encoder"]
         encoder = Encoder.load(EncoderSpec(model or recorded["model"], pretrained), device=device, offline=offline)
     index = PinIndex.load(index_dir, encoder=encoder, device=device, offline=offline)
-    results = index.identify_many(list(photos), k=k)
+    with _progress(len(photos), "identifying", quiet=len(photos) < 64) as advance:
+        results = index.identify_many(list(photos), k=k, on_progress=advance)
     if as_json:
         click.echo(json.dumps([{"query": r.query, "error": r.error, "matches": [m.to_dict() for m in r.matches]}
                                for r in results], indent=2, ensure_ascii=False))
