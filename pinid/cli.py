@@ -6,6 +6,7 @@ stderr and the exit code of its class (see README, "Exit codes").
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from contextlib import contextmanager
@@ -55,13 +56,12 @@ def build_index(catalogue: Path, output: Path, model: str | None, pretrained: st
                 device: str, offline: bool | None, threads: int | None, quiet: bool) -> None:
     """Encode a CATALOGUE (folder of pin folders, or CSV/JSONL manifest) into an index."""
     from .catalogue import read_catalogue
-    from .encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, Encoder, EncoderSpec
+    from .encoder import Encoder
     from .index import PinIndex
 
     _set_threads(threads)
     records = read_catalogue(catalogue)
-    spec = EncoderSpec(model or DEFAULT_MODEL,
-                       pretrained if pretrained is not None or model else DEFAULT_PRETRAINED)
+    spec = _requested_spec(model, pretrained)
     encoder = Encoder.load(spec, device=device, offline=offline)
     with _progress(records.image_count, "encoding", quiet) as advance:
         index = PinIndex.build(records, output, encoder, batch_size=batch_size, on_progress=advance)
@@ -186,6 +186,98 @@ def evaluate_command(index_dir: Path, ground_truth: Path, threshold: float | Non
         click.echo(f"{len(failed)} failures; {len(sheets)} contact sheet(s) in {failures_dir}", err=True)
 
 
+@cli.command()
+@click.argument("listings", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="write the rows here (CSV, or JSON with --json) [default: print them]")
+@click.option("--mode", type=click.Choice(["photo", "pin"]), default="photo", show_default=True,
+              help="photo: re-uploads of one picture; pin: any listings of the same pin")
+@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), default=None,
+              help="cosine needed to relate two listings [default: 0.97 photo, 0.90 pin; "
+                   "1 = photo hash only]")
+@click.option("--phash-distance", type=click.IntRange(0, 64), default=8, show_default=True,
+              help="photo-hash bits (of 64) within which two images are the same photo")
+@click.option("--against", "index_dir", type=click.Path(path_type=Path), default=None, metavar="INDEX_DIR",
+              help="report which LISTINGS are new and which duplicate an image of this index")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+              help="embedding cache folder [default: pinid-dedup-cache beside the output]")
+@click.option("--reset-cache", is_flag=True, help="discard the cache (e.g. made by another encoder) first")
+@click.option("--json", "as_json", is_flag=True, help="JSON rows instead of CSV")
+@_model_option
+@_pretrained_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@_device_option
+@_offline_option
+@_threads_option
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def dedup_command(listings: Path, output: Path | None, mode: str, threshold: float | None, phash_distance: int,
+                  index_dir: Path | None, cache_dir: Path | None, reset_cache: bool, as_json: bool,
+                  model: str | None, pretrained: str | None, batch_size: int, device: str, offline: bool | None,
+                  threads: int | None, quiet: bool) -> None:
+    """Group duplicate LISTINGS (folder, or CSV/JSONL with listing_id,image): one row per listing."""
+    from .dedup import ROW_FIELDS, DedupOptions, EmbedOptions, dedup, read_listings, write_rows
+    from .embedding_cache import EmbeddingCache
+    from .encoder import Encoder
+
+    _set_threads(threads)
+    items = read_listings(listings)
+    options = DedupOptions(mode=mode, threshold=threshold, phash_distance=phash_distance)  # type: ignore[arg-type]
+    embed_options = EmbedOptions(batch_size=batch_size)
+    cache_dir = cache_dir or (output.parent if output else listings.parent) / "pinid-dedup-cache"
+    with _stages(quiet) as on_progress:
+        if index_dir is not None:
+            from .dedup_against import AGAINST_FIELDS, match_against
+            from .index import PinIndex
+
+            index = PinIndex.load(index_dir, device=device, offline=offline)
+            assert index.encoder is not None
+            cache = EmbeddingCache.open(cache_dir, index.encoder.identity(), reset=reset_cache)
+            report: Any = match_against(index, items, cache, options, embed_options, on_progress)
+            fields = AGAINST_FIELDS
+        else:
+            encoder = Encoder.load(_requested_spec(model, pretrained), device=device, offline=offline)
+            cache = EmbeddingCache.open(cache_dir, encoder.identity(), reset=reset_cache)
+            report = dedup(items, encoder, cache, options, embed_options, on_progress)
+            fields = ROW_FIELDS
+    if output is not None:
+        write_rows(report.rows, output, fields, as_json=as_json)
+    elif as_json:
+        click.echo(json.dumps([row.to_dict() for row in report.rows], indent=2, ensure_ascii=False))
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.to_dict().items()} for row in report.rows)
+    unreadable = [row for row in report.rows if row.error]
+    for row in unreadable[:20]:
+        click.echo(f"  unreadable {row.listing_id} ({row.image}): {row.error}", err=True)
+    if len(unreadable) > 20:
+        click.echo(f"  ... and {len(unreadable) - 20} more unreadable (see the 'error' column)", err=True)
+    click.echo(report.summary() + (f"; wrote {output}" if output else ""), err=output is None)
+
+
+@contextmanager
+def _stages(quiet: bool) -> Iterator[Any]:
+    """One tqdm bar per stage of a long job (hashing, encoding, neighbours, ...)."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[stage] = tqdm(total=total, desc=stage, disable=True if quiet else None, file=sys.stderr,
+                               dynamic_ncols=True)
+        bar = bars[stage]
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
 @cli.command("export-model")
 @click.argument("model")
 @click.option("--pretrained", default=None, metavar="TAG|FILE", help="pretrained tag or weights file")
@@ -213,6 +305,13 @@ def _describe_preprocess(preprocess: dict[str, Any]) -> str:
     size = preprocess.get("size")
     size_text = "x".join(map(str, size)) if isinstance(size, list) else str(size)
     return f"{size_text} px, {preprocess.get('resize_mode')} resize, {preprocess.get('interpolation')}"
+
+
+def _requested_spec(model: str | None, pretrained: str | None) -> Any:
+    """The default model comes with its default weights; a model named without a tag gets none."""
+    from .encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, EncoderSpec
+
+    return EncoderSpec(model or DEFAULT_MODEL, pretrained if pretrained is not None or model else DEFAULT_PRETRAINED)
 
 
 def _set_threads(threads: int | None) -> None:

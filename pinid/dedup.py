@@ -1,0 +1,399 @@
+"""Group duplicate listings: re-uploads of one photo (``photo``) or listings of one pin (``pin``).
+
+Flow: hash every file (sha256) -> encode only contents the cache lacks, in
+atomic chunks -> candidate pairs from FAISS neighbours and banded photo
+hashes -> keep pairs that are related -> guarded union-find -> one row per
+listing saying which group, which representative, how close, and why.
+
+Related, for a listing and a representative:
+
+* ``exact_file``: the same bytes (collapsed before any model work);
+* ``same_photo``: photo-hash distance <= ``phash_distance`` (crop tolerant,
+  encoder independent) or embedding cosine >= the photo threshold;
+* ``same_pin`` (``pin`` mode only): cosine >= the pin threshold, or, when a
+  ``verifier`` is plugged in, cosine >= ``verify_floor`` and the verifier
+  confirms. The verifier is the hook for geometric verification (pinid.verify,
+  not written yet): any ``(listing, other, cosine) -> bool`` works.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ._atomic import write_file_atomically
+from .dedup_graph import cosine, guarded_groups, hash_pairs, knn_pairs
+from .embedding_cache import EmbeddingCache
+from .errors import ImageError, InputError
+from .images import load_image
+from .listings import Listing, read_listings
+from .phash import WINDOWS, photo_distance, window_hashes
+
+Mode = Literal["photo", "pin"]
+#: Default cosine thresholds, set for the default encoder (ViT-B-32-256 / datacomp): a
+#: re-upload of one photo stays above ~0.95, other photos of one pin mostly above ~0.9.
+#: Other encoders need their own (``--threshold``); random test weights need pHash only.
+PHOTO_THRESHOLD = 0.97
+PIN_THRESHOLD = 0.90
+#: Photo-hash bits (of 64) for "same photo"; on the small benchmark re-uploads sit at
+#: 0-12 (most <= 8) and different photos at >= 10.
+PHASH_DISTANCE = 8
+
+#: ``(listing, other, cosine) -> True`` to confirm that both show the same pin.
+Verifier = Callable[["Listing", "Listing", float], bool]
+#: ``(stage, done, total)``, called as work advances.
+Progress = Callable[[str, int, int], None]
+
+
+class ImageEncoder(Protocol):
+    """What dedup needs from an encoder (``pinid.Encoder`` fits)."""
+
+    def encode_images(self, sources: Sequence[Any], *, batch_size: int = 32, workers: int = 2,
+                      on_progress: Callable[[int], None] | None = None) -> Any: ...
+
+    def identity(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    """How strict grouping is. ``threshold=None`` takes the mode's default cosine."""
+
+    mode: Mode = "photo"
+    threshold: float | None = None
+    phash_distance: int = PHASH_DISTANCE
+    neighbours: int = 16
+    verifier: Verifier | None = None
+    verify_floor: float = 0.75
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("photo", "pin"):
+            raise InputError(f"mode must be 'photo' or 'pin', not {self.mode!r}")
+        if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
+            raise InputError(f"threshold {self.threshold} is not a cosine similarity in [-1, 1]")
+        if not 0 <= self.phash_distance <= 64:
+            raise InputError("phash distance must be between 0 and 64 bits")
+        if self.neighbours < 1:
+            raise InputError("neighbours must be at least 1")
+
+    @property
+    def photo_threshold(self) -> float:
+        if self.threshold is None:
+            return PHOTO_THRESHOLD
+        # pin mode: "same photo" by cosine is never looser than "same pin" (threshold 1 = hash only)
+        return self.threshold if self.mode == "photo" else max(self.threshold, PHOTO_THRESHOLD)
+
+    @property
+    def pin_threshold(self) -> float:
+        return self.threshold if self.threshold is not None else PIN_THRESHOLD
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    batch_size: int = 32
+    workers: int = 2
+    chunk_size: int = 256  # files per atomic cache chunk: what an interruption can lose
+
+
+@dataclass
+class Embedded:
+    """Vectors and photo hashes per distinct content, and which listing has which content."""
+
+    content_of: np.ndarray  # per listing: row in vectors/hashes, or -1 if unreadable
+    digests: list[bytes]  # per content row
+    vectors: np.ndarray  # (contents, d) float32
+    hashes: np.ndarray  # (contents, WINDOWS) uint64
+    failures: dict[int, str]  # listing position -> reason
+    encoded: int  # contents encoded in this run (the rest came from the cache)
+    cached: int
+
+
+# ----------------------------------------------------------------- embedding
+def embed_listings(listings: Sequence[Listing], encoder: ImageEncoder, cache: EmbeddingCache,
+                   options: EmbedOptions = EmbedOptions(), on_progress: Progress | None = None) -> Embedded:
+    """Vectors and photo hashes for every readable listing, encoding only what the cache lacks.
+
+    Each chunk of new contents is written to the cache as soon as it is
+    encoded, so an interrupted run resumes where it stopped. Unreadable files
+    are reported in ``failures``, never raised.
+    """
+    image_size = int(getattr(encoder, "image_size", 224))
+    failures: dict[int, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="pinid-dedup") as pool:
+        digests: list[bytes | str] = []
+        for done, digest in enumerate(pool.map(_sha256_or_reason, [item.image for item in listings]), 1):
+            digests.append(digest)
+            if on_progress is not None and (done % 256 == 0 or done == len(listings)):
+                on_progress("hashing", done, len(listings))
+        first_with: dict[bytes, int] = {}
+        for position, digest in enumerate(digests):
+            if isinstance(digest, str):
+                failures[position] = digest
+            elif digest not in first_with:
+                first_with[digest] = position
+        missing = [digest for digest in first_with if digest not in cache]
+        broken: dict[bytes, str] = {}
+        for start in range(0, len(missing), options.chunk_size):
+            chunk = missing[start:start + options.chunk_size]
+            prepared = list(pool.map(lambda d: _prepare(listings[first_with[d]].image, d, image_size), chunk))
+            ready = [(digest, item) for digest, item in zip(chunk, prepared) if not isinstance(item, str)]
+            broken.update((digest, item) for digest, item in zip(chunk, prepared) if isinstance(item, str))
+            if ready:
+                result = encoder.encode_images([image for _, (image, _) in ready], batch_size=options.batch_size,
+                                               workers=options.workers)
+                for position, reason in result.failures:
+                    broken[ready[position][0]] = reason.split(": ", 1)[-1]
+                cache.add_chunk([ready[i][0] for i in result.ok], result.vectors,
+                                np.stack([ready[i][1][1] for i in result.ok]) if result.ok
+                                else np.empty((0, WINDOWS), np.uint64))
+            if on_progress is not None:
+                on_progress("encoding", start + len(chunk), len(missing))
+    cache.compact()
+    rows: dict[bytes, int] = {}
+    content_of = np.full(len(listings), -1, dtype=np.int64)
+    for position, digest in enumerate(digests):
+        if isinstance(digest, str):
+            continue
+        if digest in broken or digest not in cache:
+            failures[position] = broken.get(digest, "could not be encoded")
+            continue
+        content_of[position] = rows.setdefault(digest, len(rows))
+    ordered = list(rows)
+    vectors, hashes = cache.get_many(ordered)
+    encoded = sum(1 for digest in missing if digest in rows)
+    return Embedded(content_of, ordered, vectors, hashes, failures, encoded, len(rows) - encoded)
+
+
+def _sha256_or_reason(path: Path) -> bytes | str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return "file not found"
+    except IsADirectoryError:
+        return "is a directory, not an image"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return digest.digest()
+
+
+def _prepare(path: Path, expected: bytes, image_size: int) -> tuple[Image.Image, np.ndarray] | str:
+    """Decode once for both the photo hash and the encoder; a one-line reason if it cannot be."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if hashlib.sha256(data).digest() != expected:
+        return "file changed while dedup was running; run again"
+    try:
+        image = load_image(data, min_side=max(image_size, 64))
+    except ImageError as exc:
+        return str(exc).split(": ", 1)[-1]
+    return image, window_hashes(image)
+
+
+# ------------------------------------------------------------------ grouping
+@dataclass(frozen=True)
+class GroupRow:
+    """One listing's place: its group, the group's representative, how close, and why."""
+
+    listing_id: str
+    image: str
+    group_id: str
+    group_size: int
+    representative: str
+    score: float | None  # cosine to the representative's image
+    phash_distance: int | None
+    reason: str  # representative | unique | exact_file | same_photo | same_pin | unreadable
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "score": None if self.score is None else round(self.score, 6)}
+
+
+@dataclass
+class DedupReport:
+    rows: list[GroupRow]
+    encoded: int
+    cached: int
+    seconds: float = 0.0
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        s = self.stats
+        return (f"{s['listings']} listings: {s['groups']} duplicate groups covering {s['grouped']} listings "
+                f"({s['duplicates']} duplicates), {s['unique']} unique, {s['unreadable']} unreadable; "
+                f"encoded {self.encoded}, from cache {self.cached}; {self.seconds:.1f} s")
+
+
+class _Relation:
+    """Decides, for content rows, whether a member may sit with a representative, and why."""
+
+    def __init__(self, embedded: Embedded, listings: Sequence[Listing], options: DedupOptions) -> None:
+        self.vectors, self.hashes, self.options = embedded.vectors, embedded.hashes, options
+        first: dict[int, int] = {}
+        for position, row in enumerate(embedded.content_of.tolist()):
+            if row >= 0:
+                first.setdefault(row, position)
+        self._listing = {row: listings[position] for row, position in first.items()}
+
+    def reasons(self, left: np.ndarray, right: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """0 unrelated, 1 same photo, 2 same pin, per pair (batched: bounded memory)."""
+        out = self.same_photo(left, right, scores).astype(np.int8)
+        if self.options.mode == "pin" and self.options.verifier is None:
+            out[(out == 0) & (scores >= self.options.pin_threshold)] = 2
+        elif self.options.mode == "pin":  # only pairs above the floor meet the (costly) verifier
+            for i in np.flatnonzero((out == 0) & (scores >= self.options.verify_floor)).tolist():
+                if self._verified(int(left[i]), int(right[i]), float(scores[i])):
+                    out[i] = 2
+        return out
+
+    def same_photo(self, left: np.ndarray, right: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(left), dtype=bool)
+        for start in range(0, len(left), 65_536):
+            part = slice(start, start + 65_536)
+            distance = photo_distance(self.hashes[left[part]], self.hashes[right[part]])
+            out[part] = (distance <= self.options.phash_distance) | (scores[part] >= self.options.photo_threshold)
+        return out
+
+    def related(self, members: np.ndarray, representative: int) -> np.ndarray:
+        scores = self.vectors[members] @ self.vectors[representative]
+        return self.reasons(members, np.full(len(members), representative), scores) > 0
+
+    def _verified(self, a: int, b: int, score: float) -> bool:
+        assert self.options.verifier is not None
+        return bool(self.options.verifier(self._listing[a], self._listing[b], score))
+
+
+def find_groups(listings: Sequence[Listing], embedded: Embedded, options: DedupOptions = DedupOptions(),
+                on_progress: Progress | None = None) -> list[GroupRow]:
+    """Group listings (see the module docstring for the rules); one row per listing, input order."""
+    count = len(embedded.digests)
+    relation = _Relation(embedded, listings, options)
+    knn = knn_pairs(embedded.vectors, options.neighbours, -1.0,
+                    on_progress=None if on_progress is None
+                    else _accumulate(lambda done: on_progress("neighbours", done, count)))
+    hash_left, hash_right = hash_pairs(embedded.hashes)
+    width = max(count, 1)
+    extra = np.setdiff1d(hash_left * width + hash_right, knn.left * width + knn.right)  # both sorted, unique
+    left = np.concatenate([knn.left, extra // width])
+    right = np.concatenate([knn.right, extra % width])
+    scores = np.concatenate([knn.score, cosine(embedded.vectors, extra // width, extra % width)])
+    kinds = relation.reasons(left, right, scores)
+    keep = kinds > 0
+    left, right, scores, kinds = left[keep], right[keep], scores[keep], kinds[keep]
+    order = np.lexsort((-scores, kinds))  # same photo first, then strongest cosine
+    representative = guarded_groups(count, left[order], right[order], relation.related)
+    if on_progress is not None:
+        on_progress("grouping", count, count)
+    return _rows(listings, embedded, representative, relation)
+
+
+def _rows(listings: Sequence[Listing], embedded: Embedded, representative: np.ndarray,
+          relation: _Relation) -> list[GroupRow]:
+    content_of = embedded.content_of
+    ok = content_of >= 0
+    rep_content = np.full(len(listings), -1, dtype=np.int64)
+    rep_content[ok] = representative[content_of[ok]]
+    sizes = np.bincount(rep_content[ok], minlength=len(embedded.digests))
+    rep_listing: dict[int, int] = {}
+    for position in np.flatnonzero(ok).tolist():  # a group's representative listing: its first with that content
+        if content_of[position] == rep_content[position]:
+            rep_listing.setdefault(int(rep_content[position]), position)
+    group_ids: dict[int, str] = {}
+    rows: list[GroupRow] = []
+    mine = np.flatnonzero(ok)
+    scores = np.ones(len(listings), dtype=np.float32)
+    distances = np.zeros(len(listings), dtype=np.int64)
+    if len(mine):
+        scores[mine] = cosine(embedded.vectors, content_of[mine], rep_content[mine])
+        distances[mine] = photo_distance(embedded.hashes[content_of[mine]], embedded.hashes[rep_content[mine]])
+    photo = np.zeros(len(listings), dtype=bool)
+    photo[mine] = relation.same_photo(content_of[mine], rep_content[mine], scores[mine])
+    for position, listing in enumerate(listings):
+        if not ok[position]:
+            rows.append(GroupRow(listing.listing_id, str(listing.image), "", 0, "", None, None, "unreadable",
+                                 embedded.failures.get(position, "unreadable")))
+            continue
+        rep = int(rep_content[position])
+        size = int(sizes[rep])
+        group_id = group_ids.setdefault(rep, f"g{len(group_ids) + 1:06d}")
+        rep_position = rep_listing[rep]
+        if position == rep_position:
+            reason = "representative" if size > 1 else "unique"
+        elif content_of[position] == rep:
+            reason = "exact_file"
+        elif photo[position]:
+            reason = "same_photo"
+        else:
+            reason = "same_pin"
+        score = 1.0 if content_of[position] == rep else float(scores[position])
+        rows.append(GroupRow(listing.listing_id, str(listing.image), group_id, size,
+                             listings[rep_position].listing_id, score, int(distances[position]), reason))
+    return rows
+
+
+def group_stats(rows: Sequence[GroupRow]) -> dict[str, int]:
+    readable = [row for row in rows if row.reason != "unreadable"]
+    grouped = [row for row in readable if row.group_size > 1]
+    return {"listings": len(rows), "unreadable": len(rows) - len(readable),
+            "groups": len({row.group_id for row in grouped}), "grouped": len(grouped),
+            "duplicates": sum(1 for row in grouped if row.reason != "representative"),
+            "unique": len(readable) - len(grouped)}
+
+
+def dedup(listings: Sequence[Listing], encoder: ImageEncoder, cache: EmbeddingCache,
+          options: DedupOptions = DedupOptions(), embed_options: EmbedOptions = EmbedOptions(),
+          on_progress: Progress | None = None) -> DedupReport:
+    """Embed (incrementally) and group ``listings``; the whole `pinid dedup` job."""
+    started = time.perf_counter()
+    embedded = embed_listings(listings, encoder, cache, embed_options, on_progress)
+    rows = find_groups(listings, embedded, options, on_progress)
+    return DedupReport(rows, embedded.encoded, embedded.cached, time.perf_counter() - started, group_stats(rows))
+
+
+def _accumulate(callback: Callable[[int], None]) -> Callable[[int], None]:
+    total = 0
+
+    def advance(step: int) -> None:
+        nonlocal total
+        total += step
+        callback(total)
+
+    return advance
+
+
+# -------------------------------------------------------------------- output
+ROW_FIELDS = ["listing_id", "image", "group_id", "group_size", "representative", "score", "phash_distance",
+              "reason", "error"]
+
+
+def write_rows(rows: Sequence[Any], path: str | os.PathLike, fields: Sequence[str], *, as_json: bool = False) -> None:
+    """Write result rows as CSV (or a JSON list), atomically: a reader never sees half a file."""
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    records = [row.to_dict() for row in rows]
+    buffer = io.StringIO(newline="")
+    if as_json:
+        json.dump(records, buffer, indent=2, ensure_ascii=False)
+        buffer.write("\n")
+    else:
+        writer = csv.DictWriter(buffer, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in record.items()} for record in records)
+    write_file_atomically(target, buffer.getvalue().encode("utf-8"))
+
+__all__ = ["DedupOptions", "DedupReport", "EmbedOptions", "Embedded", "GroupRow", "Listing", "Verifier", "dedup",
+           "embed_listings", "find_groups", "read_listings", "write_rows"]
