@@ -148,7 +148,7 @@ class PinIndex:
         target = Path(out_dir).expanduser()
 
         def write(folder: Path) -> None:
-            _write_database(folder / DATABASE_FILE, rows, encoded.vectors.shape[0])
+            _write_database(folder / DATABASE_FILE, rows)
             _write_vectors(folder / VECTORS_FILE, encoded.vectors)
             (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
@@ -381,7 +381,7 @@ def _new_manifest(encoder: Encoder, catalogue: Catalogue, *, pins: int, images: 
     }
 
 
-def _write_database(path: Path, rows: dict[str, tuple[PinRecord, list]], image_count: int) -> None:
+def _write_database(path: Path, rows: dict[str, tuple[PinRecord, list]]) -> None:
     connection = sqlite3.connect(path)
     try:
         connection.executescript(_SCHEMA)
@@ -390,7 +390,7 @@ def _write_database(path: Path, rows: dict[str, tuple[PinRecord, list]], image_c
                                (pin_row, pin.pin_id, pin.name, json.dumps(pin.metadata, ensure_ascii=False,
                                                                           default=str)))
             connection.executemany("INSERT INTO images VALUES (?, ?, ?, ?)",
-                                   [(vector_row, pin_row, str(image_path), _file_sha256(image_path))
+                                   [(vector_row, pin_row, str(image_path.resolve()), _file_sha256(image_path))
                                     for vector_row, image_path in images])
         connection.commit()
     finally:

@@ -263,3 +263,13 @@ def test_moved_model_folder_error_says_how_to_point_at_it(make_catalogue, tiny_m
     model.rename(tmp_path / "model-moved")
     with pytest.raises(WeightsUnavailableError, match="--model"):
         PinIndex.load(tmp_path / "idx")
+
+
+def test_reference_paths_are_absolute_whatever_the_working_directory(make_catalogue, tiny_encoder: Encoder,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    make_catalogue(pins=2)
+    monkeypatch.chdir(tmp_path)
+    index = PinIndex.build(read_catalogue("catalogue"), "idx", tiny_encoder)
+    reference = index.identify(draw_pin_image(0), k=1)[0].reference_image
+    assert Path(reference).is_absolute() and Path(reference).is_file()
