@@ -268,40 +268,43 @@ class PinIndex:
 
 
 class _ExactSearcher:
-    """Exact inner-product search with BLAS over FAISS's own flat storage (zero-copy).
+    """Exact inner-product search over FAISS's own flat storage (zero-copy), run by torch.
 
     FAISS answers a single query on a flat index with a one-threaded scan
-    (52 ms for 100k x 512 on the 2-core reference machine); a BLAS matrix-vector
-    product over the same memory uses every core and runs at memory bandwidth
-    (16 ms). Results are identical. Approximate indexes would use FAISS's search.
+    (52 ms for 100k x 512 on the 2-core reference machine, under load); a
+    matrix-vector product over the same memory uses every core and runs at
+    memory bandwidth (about 8 ms). It runs in torch rather than NumPy so that
+    it shares one thread pool with the encoder: NumPy's OpenBLAS threads keep
+    spinning after a call and slowed the next forward pass by half (identify
+    p50 140 ms -> 93 ms; scripts/bench_core.py). Results equal FAISS's.
     """
 
-    _QUERY_BLOCK = 64  # bounds the (images x queries) score matrix
+    _QUERY_BLOCK = 64  # bounds the (queries x images) score matrix
 
     def __init__(self, index: Any) -> None:
         import faiss
+        import torch
 
         flat = faiss.downcast_index(index.index)
         if not isinstance(flat, faiss.IndexFlat):
             raise IndexFormatError(f"unsupported FAISS index type {type(flat).__name__}")
-        self._index = index  # keeps the memory behind the view alive
-        self._matrix = faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+        self._index = index  # keeps the memory behind the views alive
+        matrix = faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+        self._matrix = torch.from_numpy(matrix)
         self._ids = faiss.vector_to_array(index.id_map).astype(np.int64)
 
     def search(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         depth = min(depth, len(self._ids))
         scores_out = np.empty((len(queries), depth), dtype=np.float32)
         ids_out = np.empty((len(queries), depth), dtype=np.int64)
-        for start in range(0, len(queries), self._QUERY_BLOCK):
-            block = queries[start:start + self._QUERY_BLOCK]
-            scores = self._matrix @ block.T  # (images, queries)
-            for column in range(scores.shape[1]):
-                column_scores = scores[:, column]
-                top = (np.argpartition(-column_scores, depth - 1)[:depth] if depth < len(column_scores)
-                       else np.arange(len(column_scores)))
-                order = top[np.argsort(-column_scores[top], kind="stable")]
-                scores_out[start + column] = column_scores[order]
-                ids_out[start + column] = self._ids[order]
+        with torch.inference_mode():
+            for start in range(0, len(queries), self._QUERY_BLOCK):
+                block = torch.from_numpy(np.ascontiguousarray(queries[start:start + self._QUERY_BLOCK]))
+                values, positions = torch.topk(block @ self._matrix.T, depth, dim=1)  # sorted, best first
+                scores_out[start:start + len(block)] = values.numpy()
+                ids_out[start:start + len(block)] = self._ids[positions.numpy()]
         return scores_out, ids_out
 
 
