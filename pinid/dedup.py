@@ -39,6 +39,7 @@ from .errors import ImageError, InputError
 from .images import load_image
 from .listings import Listing, read_listings
 from .phash import WINDOWS, photo_distance, window_hashes
+from .photo_match import PhotoConfirmer
 
 Mode = Literal["photo", "pin"]
 #: Default cosine thresholds, set for the default encoder (ViT-B-32-256 / datacomp): a
@@ -75,6 +76,9 @@ class DedupOptions:
     neighbours: int = 16
     verifier: Verifier | None = None
     verify_floor: float = 0.75
+    #: confirm photo-hash matches with ORB features under one similarity transform
+    #: (pinid.photo_match): the hash alone merges different pins shot on similar desks
+    confirm_photos: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("photo", "pin"):
@@ -243,6 +247,7 @@ class _Relation:
 
     def __init__(self, embedded: Embedded, listings: Sequence[Listing], options: DedupOptions) -> None:
         self.vectors, self.hashes, self.options = embedded.vectors, embedded.hashes, options
+        self._confirm = PhotoConfirmer() if options.confirm_photos else None
         first: dict[int, int] = {}
         for position, row in enumerate(embedded.content_of.tolist()):
             if row >= 0:
@@ -266,6 +271,10 @@ class _Relation:
             part = slice(start, start + 65_536)
             distance = photo_distance(self.hashes[left[part]], self.hashes[right[part]])
             out[part] = (distance <= self.options.phash_distance) | (scores[part] >= self.options.photo_threshold)
+        if self._confirm is not None:  # hash-only matches must also line up geometrically
+            for i in np.flatnonzero(out & (scores < self.options.photo_threshold)).tolist():
+                a, b = int(left[i]), int(right[i])
+                out[i] = self._confirm(a, self._listing[a].image, b, self._listing[b].image)
         return out
 
     def related(self, members: np.ndarray, representative: int) -> np.ndarray:

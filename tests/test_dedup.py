@@ -300,3 +300,31 @@ def test_read_listings_forms(tmp_path: Path) -> None:
         read_listings(tmp_path / "empty")
     with pytest.raises(InputError):
         read_listings(tmp_path / "l.txt")
+
+
+def _desk_photo(pin_seed: int, texture_seed: int) -> Image.Image:
+    """A small pin on a desk: the same broad light and layout, a different fine texture per shot."""
+    yy, xx = np.mgrid[0:240, 0:320]
+    broad = 120 + 60 * np.sin(xx / 50.0) * np.cos(yy / 70.0)
+    grain = np.random.default_rng(texture_seed).normal(0, 1, (240, 320))  # fine: invisible to a 32x32 hash
+    desk = np.clip(broad + 10 * grain, 0, 255).astype(np.uint8)
+    photo = Image.fromarray(np.stack([desk, (desk * 0.8).astype(np.uint8), (desk * 0.6).astype(np.uint8)], -1))
+    photo.paste(draw_pin_image(pin_seed).resize((64, 64)), (128, 88))
+    return photo
+
+
+def test_different_pins_on_look_alike_desks_are_not_the_same_photo(tmp_path: Path, tiny_encoder) -> None:
+    folder = tmp_path / "desk"
+    folder.mkdir()
+    _desk_photo(1, texture_seed=10).save(folder / "a.png")
+    _desk_photo(2, texture_seed=11).save(folder / "b.png")
+    reupload(_desk_photo(1, texture_seed=10), folder / "a-reupload.jpg", crop=0.95, size=260)
+    hashes = [window_hashes(Image.open(folder / name).convert("RGB")) for name in ("a.png", "b.png")]
+    assert photo_distance(hashes[0], hashes[1])[0] <= PHASH_ONLY.phash_distance  # the hash alone would merge them
+    cache = EmbeddingCache.open(tmp_path / "cache", tiny_encoder.identity())
+    rows = by_id(dedup(read_listings(folder), tiny_encoder, cache, PHASH_ONLY).rows)
+    assert rows["a.png"].group_id == rows["a-reupload.jpg"].group_id
+    assert rows["b.png"].group_id != rows["a.png"].group_id
+    unconfirmed = DedupOptions(mode="photo", threshold=1.0, confirm_photos=False)
+    rows = by_id(dedup(read_listings(folder), tiny_encoder, cache, unconfirmed).rows)
+    assert rows["b.png"].group_id == rows["a.png"].group_id  # what the confirmation prevents
