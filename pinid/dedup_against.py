@@ -20,6 +20,7 @@ from .dedup import (DedupOptions, EmbedOptions, Listing, Progress, _prepare, _sh
                     embed_listings)
 from .embedding_cache import EmbeddingCache
 from .index import Match, PinIndex
+from .photo_match import PhotoConfirmer
 from .phash import photo_distance
 
 AGAINST_FIELDS = ["listing_id", "image", "status", "reason", "match_pin_id", "match_image", "score",
@@ -70,6 +71,7 @@ def match_against(index: PinIndex, listings: Sequence[Listing], cache: Embedding
     embedded = embed_listings(listings, encoder, cache, embed_options, on_progress)
     best = [matches[0] if matches else None for matches in index.search(embedded.vectors, k=1)]
     references = _ReferenceHashes(int(getattr(encoder, "image_size", 224)))
+    confirm = PhotoConfirmer()
     rows: list[AgainstRow] = []
     for position, listing in enumerate(listings):
         row = int(embedded.content_of[position])
@@ -83,7 +85,11 @@ def match_against(index: PinIndex, listings: Sequence[Listing], cache: Embedding
             continue
         digest, hashes = references.get(Path(match.reference_image))
         distance = None if hashes is None else int(photo_distance(embedded.hashes[row], hashes)[0])
-        reason = _reason(options, listing, match, embedded.digests[row] == digest, distance)
+        same_hash = distance is not None and distance <= options.phash_distance
+        if same_hash and options.confirm_photos and match.score < options.photo_threshold:
+            same_hash = confirm(("listing", row), listing.image, ("reference", match.reference_image),
+                                Path(match.reference_image))
+        reason = _reason(options, listing, match, embedded.digests[row] == digest, same_hash)
         rows.append(AgainstRow(listing.listing_id, str(listing.image), "duplicate" if reason else "new", reason,
                                match.pin_id, match.reference_image, float(match.score), distance))
     stats = {"listings": len(rows), **{s: sum(1 for r in rows if r.status == s)
@@ -91,10 +97,10 @@ def match_against(index: PinIndex, listings: Sequence[Listing], cache: Embedding
     return AgainstReport(rows, embedded.encoded, embedded.cached, time.perf_counter() - started, stats)
 
 
-def _reason(options: DedupOptions, listing: Listing, match: Match, same_file: bool, distance: int | None) -> str:
+def _reason(options: DedupOptions, listing: Listing, match: Match, same_file: bool, same_hash: bool) -> str:
     if same_file:
         return "exact_file"
-    if (distance is not None and distance <= options.phash_distance) or match.score >= options.photo_threshold:
+    if same_hash or match.score >= options.photo_threshold:
         return "same_photo"
     if options.mode == "pin":
         if options.verifier is None:

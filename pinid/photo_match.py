@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Hashable
 
 import numpy as np
 
@@ -63,22 +64,22 @@ def similarity_inliers(a: PhotoFeatures, b: PhotoFeatures) -> int:
 
 
 class PhotoConfirmer:
-    """Confirms 'same photo' for pairs of files, caching features per key (e.g. content row)."""
+    """Confirms 'same photo' for pairs of files, caching features per key (e.g. content row or path)."""
 
     def __init__(self, min_inliers: int = MIN_INLIERS) -> None:
         self.min_inliers = min_inliers
-        self._features: dict[int, PhotoFeatures | None] = {}
-        self._verdicts: dict[tuple[int, int], bool] = {}
+        self._features: dict[Hashable, PhotoFeatures | None] = {}
+        self._verdicts: dict[frozenset, bool] = {}
 
-    def __call__(self, key_a: int, path_a: Path, key_b: int, path_b: Path) -> bool:
-        pair = (min(key_a, key_b), max(key_a, key_b))
+    def __call__(self, key_a: Hashable, path_a: Path, key_b: Hashable, path_b: Path) -> bool:
+        pair = frozenset((key_a, key_b))
         if pair not in self._verdicts:
             a, b = self._feature(key_a, path_a), self._feature(key_b, path_b)
             self._verdicts[pair] = (a is not None and b is not None
                                     and similarity_inliers(a, b) >= self.min_inliers)
         return self._verdicts[pair]
 
-    def _feature(self, key: int, path: Path) -> PhotoFeatures | None:
+    def _feature(self, key: Hashable, path: Path) -> PhotoFeatures | None:
         if key not in self._features:
             self._features[key] = photo_features(path)
         return self._features[key]
