@@ -48,12 +48,17 @@ def cli() -> None:
 @_model_option
 @_pretrained_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+              help="embedding cache folder: rebuilds encode only new or changed images, "
+                   "and an interrupted build resumes")
+@click.option("--reset-cache", is_flag=True, help="discard the cache (e.g. made by another encoder) first")
 @_device_option
 @_offline_option
 @_threads_option
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def build_index(catalogue: Path, output: Path, model: str | None, pretrained: str | None, batch_size: int,
-                device: str, offline: bool | None, threads: int | None, quiet: bool) -> None:
+                cache_dir: Path | None, reset_cache: bool, device: str, offline: bool | None,
+                threads: int | None, quiet: bool) -> None:
     """Encode a CATALOGUE (folder of pin folders, or CSV/JSONL manifest) into an index."""
     from .catalogue import read_catalogue
     from .encoder import Encoder
@@ -63,8 +68,13 @@ def build_index(catalogue: Path, output: Path, model: str | None, pretrained: st
     records = read_catalogue(catalogue)
     spec = _requested_spec(model, pretrained)
     encoder = Encoder.load(spec, device=device, offline=offline)
+    cache = None
+    if cache_dir is not None:
+        from .embedding_cache import EmbeddingCache
+
+        cache = EmbeddingCache.open(cache_dir, encoder.identity(), reset=reset_cache)
     with _progress(records.image_count, "encoding", quiet) as advance:
-        index = PinIndex.build(records, output, encoder, batch_size=batch_size, on_progress=advance)
+        index = PinIndex.build(records, output, encoder, batch_size=batch_size, cache=cache, on_progress=advance)
     report = index.build_report
     assert report is not None
     click.echo(f"Built {output}: {report.pins} pins, {report.images} images, encoder {spec.describe()}, "

@@ -21,17 +21,20 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
 from . import __version__
 from ._atomic import replace_directory_atomically
 from .catalogue import Catalogue, PinRecord
-from .encoder import Encoder, EncoderSpec
+from .encoder import EncodeResult, Encoder, EncoderSpec
 from .errors import (CatalogueError, EncoderMismatchError, ImageError, IndexFormatError, PinidError,
                      WeightsUnavailableError)
 from .images import ImageSource
+
+if TYPE_CHECKING:
+    from .embedding_cache import EmbeddingCache
 
 FORMAT_NAME = "pinid-index"
 FORMAT_VERSION = 1
@@ -121,13 +124,15 @@ class PinIndex:
     # ----------------------------------------------------------------- build
     @classmethod
     def build(cls, catalogue: Catalogue, out_dir: str | os.PathLike, encoder: Encoder, *,
-              batch_size: int = 32, workers: int = 2,
+              batch_size: int = 32, workers: int = 2, cache: EmbeddingCache | None = None,
               on_progress: Callable[[int], None] | None = None) -> "PinIndex":
         """Encode every reference image and write a new index to ``out_dir`` atomically.
 
         Unreadable images are skipped and listed in ``build_report``; a pin with no
         readable image is left out. If anything fails, the previous index at
-        ``out_dir`` (if any) is untouched.
+        ``out_dir`` (if any) is untouched. With a ``cache`` (see
+        ``EmbeddingCache.open``), images are keyed by content: a rebuild encodes only
+        new or changed files, and an interrupted build resumes where it stopped.
         """
         started = time.perf_counter()
         owners: list[PinRecord] = []
@@ -135,7 +140,10 @@ class PinIndex:
         for pin in catalogue.pins:
             owners.extend([pin] * len(pin.images))
             paths.extend(pin.images)
-        encoded = encoder.encode_images(paths, batch_size=batch_size, workers=workers, on_progress=on_progress)
+        if cache is None:
+            encoded = encoder.encode_images(paths, batch_size=batch_size, workers=workers, on_progress=on_progress)
+        else:
+            encoded = _encode_with_cache(paths, encoder, cache, batch_size, workers, on_progress)
         skipped = list(catalogue.skipped) + [(str(paths[i]), reason.split(": ", 1)[-1])
                                              for i, reason in encoded.failures]
         rows = _rows_by_pin(owners, paths, encoded.ok)
@@ -359,6 +367,34 @@ def _looks_like_index(folder: Path) -> bool:
 
 
 # ---------------------------------------------------------------- storage I/O
+def _encode_with_cache(paths: list[Path], encoder: Encoder, cache: EmbeddingCache, batch_size: int, workers: int,
+                       on_progress: Callable[[int], None] | None) -> EncodeResult:
+    """The same result as ``encoder.encode_images(paths)``, taking known contents from ``cache``."""
+    from .dedup import EmbedOptions, embed_listings
+    from .listings import Listing
+
+    reported = 0
+
+    def advance_to(count: int) -> None:
+        nonlocal reported
+        if on_progress is not None and count > reported:
+            on_progress(count - reported)
+            reported = count
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "encoding":  # one bar over all images: the cached ones count as done
+            advance_to(len(paths) - total + done)
+
+    listings = [Listing(str(position), path) for position, path in enumerate(paths)]
+    embedded = embed_listings(listings, encoder, cache, EmbedOptions(batch_size=batch_size, workers=workers),
+                              progress)
+    advance_to(len(paths))
+    ok = [position for position in range(len(paths)) if embedded.content_of[position] >= 0]
+    vectors = embedded.vectors[embedded.content_of[ok]].astype(np.float32, copy=False)
+    failures = sorted((position, f"{paths[position]}: {reason}") for position, reason in embedded.failures.items())
+    return EncodeResult(np.ascontiguousarray(vectors), ok, failures)
+
+
 def _rows_by_pin(owners: list[PinRecord], paths: list[Path], ok: list[int]) -> dict[str, tuple[PinRecord, list]]:
     rows: dict[str, tuple[PinRecord, list]] = {}
     for vector_row, position in enumerate(ok):

@@ -115,3 +115,29 @@ def test_console_script_runs(index_dir: Path, tmp_path: Path) -> None:
                           capture_output=True, text=True, env={**os.environ, "PINID_OFFLINE": "1"}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)[0]["matches"][0]["pin_id"] == "pin-002"
+
+
+def test_build_with_cache_reuses_embeddings(make_catalogue, tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    root = make_catalogue(pins=3, images_per_pin=1)
+    args = ["build-index", root, "-o", tmp_path / "idx", "--model", f"local-dir:{tiny_model_dir}",
+            "--cache", tmp_path / "cache"]
+    assert run(capsys, *args)[0] == 0
+    assert any((tmp_path / "cache").iterdir())
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "3 pins, 3 images" in out, err
+    code, _, err = run(capsys, "build-index", root, "-o", tmp_path / "idx2", "--cache", tmp_path / "cache",
+                       "--model", f"local-dir:{tmp_path / 'nothing'}")
+    assert code == 7  # the model is checked before the cache is touched
+
+
+def test_build_refuses_a_cache_made_by_another_encoder(make_catalogue, tiny_model_dir: Path, other_model_dir: Path,
+                                                       tmp_path: Path, capsys) -> None:
+    root = make_catalogue(pins=2, images_per_pin=1)
+    base = ["build-index", root, "--cache", tmp_path / "cache"]
+    assert run(capsys, *base, "-o", tmp_path / "a", "--model", f"local-dir:{tiny_model_dir}")[0] == 0
+    code, _, err = run(capsys, *base, "-o", tmp_path / "b", "--model", f"local-dir:{other_model_dir}")
+    assert code == 6 and str(tiny_model_dir) in err and str(other_model_dir) in err and "--reset-cache" in err
+    assert not (tmp_path / "b").exists()
+    code, out, err = run(capsys, *base, "-o", tmp_path / "b", "--model", f"local-dir:{other_model_dir}",
+                         "--reset-cache")
+    assert code == 0 and "2 pins, 2 images" in out, err

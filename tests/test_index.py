@@ -273,3 +273,27 @@ def test_reference_paths_are_absolute_whatever_the_working_directory(make_catalo
     index = PinIndex.build(read_catalogue("catalogue"), "idx", tiny_encoder)
     reference = index.identify(draw_pin_image(0), k=1)[0].reference_image
     assert Path(reference).is_absolute() and Path(reference).is_file()
+
+
+def test_cached_rebuild_encodes_only_new_images_and_gives_the_same_index(make_catalogue, tiny_encoder: Encoder,
+                                                                        tmp_path: Path) -> None:
+    from pinid.embedding_cache import EmbeddingCache
+
+    from .test_dedup import CountingEncoder
+
+    root = make_catalogue(pins=4, images_per_pin=2)
+    cache = EmbeddingCache.open(tmp_path / "cache", tiny_encoder.identity())
+    counting = CountingEncoder(tiny_encoder)
+    first = PinIndex.build(read_catalogue(root), tmp_path / "idx", counting, cache=cache)  # type: ignore[arg-type]
+    assert counting.images == 8
+    make_catalogue(pins=5, images_per_pin=2, root=root)  # adds pin-004 (pins 0-3 are rewritten identically)
+    (root / "pin-000" / "img1.png").write_bytes((root / "pin-001" / "img1.png").read_bytes())  # a changed file
+    counting.images = 0
+    second = PinIndex.build(read_catalogue(root), tmp_path / "idx", counting, cache=cache)  # type: ignore[arg-type]
+    assert counting.images == 2  # pin-004's two images; the changed file's content was already known
+    assert len(second) == 5 and len(first) == 4
+    uncached = PinIndex.build(read_catalogue(root), tmp_path / "plain", tiny_encoder)
+    photo = root / "pin-004" / "img0.png"
+    assert [m.pin_id for m in second.identify(photo, k=5)] == [m.pin_id for m in uncached.identify(photo, k=5)]
+    assert np.allclose([m.score for m in second.identify(photo, k=5)],
+                       [m.score for m in uncached.identify(photo, k=5)], atol=1e-5)
