@@ -20,7 +20,7 @@ from .artwork import Artwork, list_artworks, render_layers
 from .enamel import METAL_WEIGHTS, METALS, Material, PinStyle, build_material, chroma_fraction
 from .scenes import board_photo, catalogue_image, query_photo, reupload, seller_photo
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 KINDS = {"pin": 1, "unknown": 2, "board": 3, "listing": 4, "plan": 5}
 COLOURWAY_NAMES = ["Midnight", "Sunset", "Mint", "Glow", "Noir", "Pastel", "Ocean", "Berry", "Retro", "Neon"]
 

@@ -211,11 +211,16 @@ def shade(mat: Material, light: Lighting) -> np.ndarray:
     c, si = np.cos(light.env_phase), np.sin(light.env_phase)
     env = 0.62 - 0.9 * (c * ry + si * rx) + 0.22 * np.sin(6.0 * (xx * c + yy * si) + light.env_phase)
     env = np.clip(env, 0.12, 1.35)
+    # A point-like light glints on curved surfaces (bevels, domed enamel edges) only;
+    # on the flat face a directional Blinn-Phong lobe would whiten the whole pin at
+    # once (pale enamel, light-grey black nickel), which a phone never shows. Flat
+    # reflections of lamps and windows come from the glare map instead.
+    curved = np.clip((1.0 - n[..., 2]) * 12.0, 0.0, 1.0)[..., None]
     metal_rgb = mat.tint * (env[..., None] * 0.85 + 0.25 * ndl[..., None])
-    metal_rgb = metal_rgb + cv2.pow(ndh, 40)[..., None] * light.specular * 1.3 * (0.5 + 0.5 * mat.tint)
+    metal_rgb = metal_rgb + curved * cv2.pow(ndh, 40)[..., None] * light.specular * 1.3 * (0.5 + 0.5 * mat.tint)
 
     diffuse = light.ambient + light.diffuse * ndl
-    enamel_rgb = mat.albedo * diffuse[..., None] + cv2.pow(ndh, 90)[..., None] * light.specular * 0.8
+    enamel_rgb = mat.albedo * diffuse[..., None] + curved * cv2.pow(ndh, 90)[..., None] * light.specular * 0.8
     # Glossy enamel also mirrors the room faintly, which keeps it from looking printed.
     enamel_rgb = enamel_rgb + (0.06 * (env - 0.6))[..., None]
     m = mat.metal[..., None]
