@@ -205,7 +205,7 @@ def evaluate_command(index_dir: Path, ground_truth: Path, threshold: float | Non
 @click.option("--threshold", type=click.FloatRange(-1.0, 1.0), default=None,
               help="cosine needed to relate two listings [default: 0.97 photo, 0.90 pin; "
                    "1 = photo hash only]")
-@click.option("--phash-distance", type=click.IntRange(0, 64), default=8, show_default=True,
+@click.option("--phash-distance", type=click.IntRange(0, 64), default=12, show_default=True,
               help="photo-hash bits (of 64) within which two images are the same photo")
 @click.option("--against", "index_dir", type=click.Path(path_type=Path), default=None, metavar="INDEX_DIR",
               help="report which LISTINGS are new and which duplicate an image of this index")
