@@ -141,3 +141,14 @@ def test_build_refuses_a_cache_made_by_another_encoder(make_catalogue, tiny_mode
     code, out, err = run(capsys, *base, "-o", tmp_path / "b", "--model", f"local-dir:{other_model_dir}",
                          "--reset-cache")
     assert code == 0 and "2 pins, 2 images" in out, err
+
+
+def test_export_model_makes_a_folder_the_index_accepts(index_dir: Path, tiny_model_dir: Path, tmp_path: Path,
+                                                       capsys) -> None:
+    code, out, err = run(capsys, "export-model", f"local-dir:{tiny_model_dir}", "-o", tmp_path / "exported")
+    assert code == 0 and "local-dir:" in out, err
+    photo = tmp_path / "catalogue" / "pin-002" / "img0.png"
+    code, out, err = run(capsys, "identify", photo, "-i", index_dir, "--model", f"local-dir:{tmp_path / 'exported'}",
+                         "--json", "-k", "1")
+    assert code == 0, err  # same weights (by tensor digest) although the files differ
+    assert json.loads(out)[0]["matches"][0]["pin_id"] == "pin-002"
