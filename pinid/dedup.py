@@ -211,8 +211,17 @@ def _prepare(path: Path, expected: bytes, image_size: int) -> tuple[Image.Image,
 
 
 # ------------------------------------------------------------------ grouping
+class ResultRow:
+    """Shared by dedup's output rows: a plain dict with the score rounded for CSV/JSON."""
+
+    score: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "score": None if self.score is None else round(self.score, 6)}
+
+
 @dataclass(frozen=True)
-class GroupRow:
+class GroupRow(ResultRow):
     """One listing's place: its group, the group's representative, how close, and why."""
 
     listing_id: str
@@ -224,9 +233,6 @@ class GroupRow:
     phash_distance: int | None
     reason: str  # representative | unique | exact_file | same_photo | same_pin | unreadable
     error: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "score": None if self.score is None else round(self.score, 6)}
 
 
 @dataclass

@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .dedup import (DedupOptions, EmbedOptions, Listing, Progress, _prepare, _sha256_or_reason,
+from .dedup import (DedupOptions, EmbedOptions, Listing, Progress, ResultRow, _prepare, _sha256_or_reason,
                     embed_listings)
 from .embedding_cache import EmbeddingCache
 from .index import Match, PinIndex
@@ -28,7 +28,7 @@ AGAINST_FIELDS = ["listing_id", "image", "status", "reason", "match_pin_id", "ma
 
 
 @dataclass(frozen=True)
-class AgainstRow:
+class AgainstRow(ResultRow):
     """A new listing's verdict: ``new``, ``duplicate`` (of ``match_*``, because ``reason``) or ``unreadable``."""
 
     listing_id: str
@@ -40,9 +40,6 @@ class AgainstRow:
     score: float | None
     phash_distance: int | None
     error: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "score": None if self.score is None else round(self.score, 6)}
 
 
 @dataclass
