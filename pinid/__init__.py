@@ -7,8 +7,13 @@ The whole public API fits on one screen::
     encoder = Encoder.load()                      # ViT-B-32-256 / datacomp_s34b_b86k
     index = PinIndex.build(read_catalogue("pins/"), "pins.index", encoder)
     index = PinIndex.load("pins.index")           # later: loads the encoder it was built with
-    for match in index.identify("photo.jpg", k=5):
-        print(match.rank, match.pin_id, match.name, match.score)
+    answer = index.identify("photo.jpg", k=5)     # verified by geometry and colour
+    print("unknown pin" if answer.unknown else answer.matches[0].name, answer.confidence)
+    for found in index.identify_multi("board.jpg"):  # every pin on a board, with its outline
+        print(found.match.pin_id, found.confidence, found.polygon)
+
+``pinid build-index --encoder local`` (``PinIndex.build(..., encoder=None)``)
+makes an index that needs no model weights at all.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from .encoder import Encoder, EncoderSpec
 from .errors import PinidError
 from .images import load_image
 from .index import Identification, Match, PinIndex
+from .recognise import Found
 
 __all__ = [
     "Catalogue",
     "Encoder",
     "EncoderSpec",
+    "Found",
     "Identification",
     "Match",
     "PinIndex",

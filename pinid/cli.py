@@ -45,9 +45,14 @@ def cli() -> None:
 @click.argument("catalogue", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
               help="index directory to create or replace (atomically)")
+@click.option("--encoder", "encoder_kind", type=click.Choice(["clip", "local"]), default="clip", show_default=True,
+              help="clip: CLIP embeddings plus local features; local: local features only, no model "
+                   "download at all")
 @_model_option
 @_pretrained_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="threads for image decoding and local features")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
               help="embedding cache folder: rebuilds encode only new or changed images, "
                    "and an interrupted build resumes")
@@ -56,28 +61,43 @@ def cli() -> None:
 @_offline_option
 @_threads_option
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def build_index(catalogue: Path, output: Path, model: str | None, pretrained: str | None, batch_size: int,
-                cache_dir: Path | None, reset_cache: bool, device: str, offline: bool | None,
-                threads: int | None, quiet: bool) -> None:
-    """Encode a CATALOGUE (folder of pin folders, or CSV/JSONL manifest) into an index."""
+def build_index(catalogue: Path, output: Path, encoder_kind: str, model: str | None, pretrained: str | None,
+                batch_size: int, workers: int, cache_dir: Path | None, reset_cache: bool, device: str,
+                offline: bool | None, threads: int | None, quiet: bool) -> None:
+    """Index a CATALOGUE (folder of pin folders, or CSV/JSONL manifest): CLIP vectors and local features."""
     from .catalogue import read_catalogue
     from .encoder import Encoder
+    from .errors import InputError
     from .index import PinIndex
 
     _set_threads(threads)
+    if encoder_kind == "local" and (model or pretrained or cache_dir):
+        raise InputError("--encoder local uses no model: drop --model, --pretrained and --cache")
     records = read_catalogue(catalogue)
-    spec = _requested_spec(model, pretrained)
-    encoder = Encoder.load(spec, device=device, offline=offline)
+    encoder = None
     cache = None
-    if cache_dir is not None:
-        from .embedding_cache import EmbeddingCache
+    if encoder_kind == "clip":
+        spec = _requested_spec(model, pretrained)
+        encoder = Encoder.load(spec, device=device, offline=offline)
+        if cache_dir is not None:
+            from .embedding_cache import EmbeddingCache
 
-        cache = EmbeddingCache.open(cache_dir, encoder.identity(), reset=reset_cache)
-    with _progress(records.image_count, "encoding", quiet) as advance:
-        index = PinIndex.build(records, output, encoder, batch_size=batch_size, cache=cache, on_progress=advance)
+            cache = EmbeddingCache.open(cache_dir, encoder.identity(), reset=reset_cache)
+    with _stages(quiet) as update:
+        counts = {"encoding": 0, "local features": 0}
+
+        def advance(stage: str) -> Any:
+            def step(done: int) -> None:
+                counts[stage] += done
+                update(stage, counts[stage], records.image_count)
+            return step
+
+        index = PinIndex.build(records, output, encoder, batch_size=batch_size, workers=workers, cache=cache,
+                               on_progress=advance("encoding"), on_features=advance("local features"))
     report = index.build_report
     assert report is not None
-    click.echo(f"Built {output}: {report.pins} pins, {report.images} images, encoder {spec.describe()}, "
+    described = "none (local features only)" if encoder is None else encoder.spec.describe()
+    click.echo(f"Built {output}: {report.pins} pins, {report.images} images, encoder {described}, "
                f"{report.seconds:.1f} s ({report.images_per_second:.1f} images/s)")
     if report.skipped:
         click.echo(f"Skipped {len(report.skipped)}:")
@@ -92,29 +112,54 @@ def build_index(catalogue: Path, output: Path, model: str | None, pretrained: st
 @click.option("-k", "--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="number of pins to list per photo")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.option("--multi", is_flag=True, help="find every catalogue pin in each photo (boards, lanyards), "
+                                            "with its outline")
+@click.option("--annotate", "annotate_path", type=click.Path(path_type=Path), default=None, metavar="OUT.png",
+              help="with --multi and one photo: draw the pins found on it into this PNG")
+@click.option("--no-verify", is_flag=True, help="rank by CLIP similarity alone (no geometry, colour or confidence)")
+@click.option("--candidates", type=click.IntRange(min=1, max=500), default=50, show_default=True,
+              help="candidate reference images verified per photo")
 @_model_option
 @_pretrained_option
 @_device_option
 @_offline_option
 @_threads_option
-def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, model: str | None,
+def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, multi: bool,
+             annotate_path: Path | None, no_verify: bool, candidates: int, model: str | None,
              pretrained: str | None, device: str, offline: bool | None, threads: int | None) -> None:
-    """Name the pins in one or more PHOTOS. The index's own encoder is used unless --model is given."""
+    """Name the pins in one or more PHOTOS. The index's own encoder is used unless --model is given.
+
+    Each answer carries a calibrated confidence; under the index's threshold the
+    photo is reported as an unknown pin, with the nearest candidates listed.
+    """
     from .encoder import Encoder, EncoderSpec
+    from .errors import InputError
     from .index import PinIndex
 
     _set_threads(threads)
+    if annotate_path is not None and (not multi or len(photos) != 1):
+        raise InputError("--annotate needs --multi and exactly one photo")
+    if multi and no_verify:
+        raise InputError("--multi finds pins by verification; it cannot be combined with --no-verify")
     encoder: Any = "manifest"
     if model or pretrained:
         from .index import read_manifest
 
         recorded = read_manifest(index_dir)["encoder"]
+        if recorded is None:
+            raise InputError(f"index {index_dir} has local features only: --model/--pretrained do not apply")
         encoder = Encoder.load(EncoderSpec(model or recorded["model"], pretrained), device=device, offline=offline)
     index = PinIndex.load(index_dir, encoder=encoder, device=device, offline=offline)
-    with _progress(len(photos), "identifying", quiet=len(photos) < 64) as advance:
-        results = index.identify_many(list(photos), k=k, on_progress=advance)
+    if multi:
+        _identify_multi(index, photos, as_json, annotate_path)
+        return
+    with _progress(len(photos), "identifying", quiet=len(photos) < 16) as advance:
+        results = index.identify_many(list(photos), k=k, verify=not no_verify, candidates=candidates,
+                                      on_progress=advance)
     if as_json:
-        click.echo(json.dumps([{"query": r.query, "error": r.error, "matches": [m.to_dict() for m in r.matches]}
+        click.echo(json.dumps([{"query": r.query, "error": r.error,
+                                "confidence": None if r.confidence is None else round(r.confidence, 4),
+                                "unknown": r.unknown, "matches": [m.to_dict() for m in r.matches]}
                                for r in results], indent=2, ensure_ascii=False))
     else:
         for result in results:
@@ -138,25 +183,40 @@ def info(index_dir: Path, as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     encoder = summary["encoder"]
-    weights = encoder.get("weights_sha256") or "unknown"
-    click.echo(f"index:      {summary['path']}\n"
-               f"format:     {summary['format']} v{summary['format_version']} (pinid {summary['pinid_version']})\n"
-               f"built:      {summary['created_at']}\n"
-               f"pins:       {summary['counts']['pins']}\n"
-               f"images:     {summary['counts']['images']}\n"
-               f"encoder:    {encoder['model']}" + (f" ({encoder['pretrained']})" if encoder.get("pretrained") else "")
-               + f"\nweights:    sha256 {weights[:16]}\n"
-               f"embedding:  {encoder['embedding_dim']} dims, {summary['vectors']['faiss_index']} "
-               f"({summary['vectors']['metric']})\n"
-               f"preprocess: {_describe_preprocess(encoder['preprocess'])}\n"
-               f"catalogue:  {summary['catalogue']['source']}")
+    lines = [f"index:      {summary['path']}",
+             f"format:     {summary['format']} v{summary['format_version']} (pinid {summary['pinid_version']})",
+             f"built:      {summary['created_at']}",
+             f"pins:       {summary['counts']['pins']}",
+             f"images:     {summary['counts']['images']}"]
+    if encoder is None:
+        lines.append("encoder:    none (local features only)")
+    else:
+        weights = encoder.get("weights_sha256") or "unknown"
+        lines += [f"encoder:    {encoder['model']}" + (f" ({encoder['pretrained']})" if encoder.get("pretrained") else ""),
+                  f"weights:    sha256 {weights[:16]}",
+                  f"embedding:  {encoder['embedding_dim']} dims, {summary['vectors']['faiss_index']} "
+                  f"({summary['vectors']['metric']})",
+                  f"preprocess: {_describe_preprocess(encoder['preprocess'])}"]
+    local = summary["local_features"]
+    lines += [f"local:      {local['descriptors']} descriptors ({local['kind']}, at most {local['max_per_image']} "
+              "per image)",
+              f"confidence: unknown pin under {summary['calibration']['threshold']:.2f}; calibration "
+              f"{summary['calibration']['fitted_on']}",
+              f"catalogue:  {summary['catalogue']['source']}"]
+    click.echo("\n".join(lines))
 
 
 @cli.command("eval")
 @click.option("-i", "--index", "index_dir", required=True, type=click.Path(path_type=Path),
               help="index directory to score")
-@click.option("--queries", "ground_truth", required=True, type=click.Path(path_type=Path),
+@click.option("--queries", "ground_truth", type=click.Path(path_type=Path), default=None,
               help="ground truth CSV/JSONL: query_id,image,pin_id,design,split")
+@click.option("--boards", "boards_path", type=click.Path(path_type=Path), default=None,
+              help="multi-pin ground truth (boards.jsonl): score `identify --multi`")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="score a seeded random sample of this many queries (and boards)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed for --sample")
+@click.option("--no-verify", is_flag=True, help="score CLIP similarity alone")
 @click.option("--threshold", type=float, default=None,
               help="operating threshold for open-set metrics [default: the index's own, if any]")
 @click.option("--failures", "failures_dir", type=click.Path(path_type=Path), default=None,
@@ -171,23 +231,43 @@ def info(index_dir: Path, as_json: bool) -> None:
 @_offline_option
 @_threads_option
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def evaluate_command(index_dir: Path, ground_truth: Path, threshold: float | None, failures_dir: Path | None,
+def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Path | None, sample: int | None,
+                     seed: int, no_verify: bool, threshold: float | None, failures_dir: Path | None,
                      as_json: bool, json_path: Path | None, batch_size: int, latency_samples: int, device: str,
                      offline: bool | None, threads: int | None, quiet: bool) -> None:
-    """Score an index on ground-truth queries: recall@k, MRR, colourways, open set, latency."""
-    from .evaluate import evaluate, read_queries
+    """Score an index on ground truth: recall@k, MRR, colourways, open set, latency, boards."""
+    from .errors import InputError
+    from .evaluate import EvaluationReport, evaluate, metrics_markdown, read_queries, sample_queries
     from .index import PinIndex
 
     _set_threads(threads)
-    queries = read_queries(ground_truth)
+    if ground_truth is None and boards_path is None:
+        raise InputError("nothing to score: give --queries, --boards or both")
+    queries = read_queries(ground_truth) if ground_truth is not None else []
+    if sample is not None:
+        queries = sample_queries(queries, sample, seed)
     index = PinIndex.load(index_dir, device=device, offline=offline)
-    with _progress(len(queries), "querying", quiet) as advance:
-        report = evaluate(index, queries, batch_size=batch_size, threshold=threshold,
-                          latency_samples=latency_samples, on_progress=advance)
+    report = EvaluationReport({})
+    if queries:
+        with _progress(len(queries), "querying", quiet) as advance:
+            report = evaluate(index, queries, batch_size=batch_size, threshold=threshold, verify=not no_verify,
+                              latency_samples=latency_samples, on_progress=advance)
+    if boards_path is not None:
+        from .evaluate_boards import evaluate_boards, read_boards
+
+        boards = read_boards(boards_path, sample=sample, seed=seed)
+        with _progress(len(boards), "boards", quiet) as advance:
+            report.metrics["boards"] = evaluate_boards(index, boards, on_progress=advance)
     if json_path:
         json_path.write_text(report.to_json() + "\n", encoding="utf-8")
-    click.echo(report.to_json() if as_json else report.to_markdown())
-    if failures_dir:
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        if queries:
+            click.echo(metrics_markdown(report.metrics))
+        if "boards" in report.metrics:
+            click.echo(_boards_markdown(report.metrics["boards"]))
+    if failures_dir and queries:
         from .contact_sheet import failed_outcomes, write_failure_sheets
 
         used_threshold = report.metrics["open_set"]["at_threshold"]
@@ -300,15 +380,71 @@ def export_model(model: str, pretrained: str | None, output: Path) -> None:
     click.echo(f"Wrote {folder}; use it with --model local-dir:{folder.resolve()}")
 
 
+def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotate_path: Path | None) -> None:
+    from .errors import ImageError
+
+    answers, failed = [], []
+    for photo in photos:
+        try:
+            answers.append((photo, index.identify_multi(photo)))
+        except ImageError as exc:
+            failed.append(str(exc))
+            answers.append((photo, None))
+    if as_json:
+        click.echo(json.dumps([{"query": str(photo), "error": None if found is not None else "unreadable",
+                                "pins": [f.to_dict() for f in found or []]} for photo, found in answers],
+                              indent=2, ensure_ascii=False))
+    else:
+        for photo, found in answers:
+            if found is None:
+                continue
+            click.echo(f"{photo}: {len(found)} pin(s) found")
+            for item in found:
+                corners = " ".join(f"{x:.0f},{y:.0f}" for x, y in item.polygon)
+                click.echo(f"  {item.confidence:5.0%}  {item.match.pin_id}  {item.match.name}  [{corners}]")
+    if annotate_path is not None and answers[0][1] is not None:
+        from .annotate import write_annotated
+
+        write_annotated(photos[0], answers[0][1], annotate_path)
+        click.echo(f"Wrote {annotate_path}", err=True)
+    for message in failed:
+        click.echo(f"pinid: error: {message}", err=True)
+    if failed:
+        sys.exit(EXIT_IMAGE_ERROR)
+
+
 def _print_table(result: Any) -> None:
     click.echo(result.query)
     if result.error:
         click.echo("  (could not be read)")
         return
+    if result.confidence is not None:
+        if result.unknown:
+            click.echo(f"  unknown pin: not in the catalogue as far as pinid can tell (confidence "
+                       f"{result.confidence:.0%}); nearest candidates:")
+        else:
+            best = result.matches[0]
+            click.echo(f"  {best.name} ({best.pin_id}), confidence {result.confidence:.0%}")
     width = max([len(m.pin_id) for m in result.matches] + [6])
-    click.echo(f"  {'rank':>4}  {'pin id':<{width}}  {'score':>6}  name")
+    verified = result.confidence is not None
+    click.echo(f"  {'rank':>4}  {'pin id':<{width}}  {'score':>6}  " + ("inliers  colour  " if verified else "")
+               + "name")
     for match in result.matches:
-        click.echo(f"  {match.rank:>4}  {match.pin_id:<{width}}  {match.score:6.3f}  {match.name}")
+        extra = ""
+        if verified:
+            colour = "-" if match.colour_distance is None else f"{match.colour_distance:.1f}"
+            extra = f"{match.inliers:>7}  {colour:>6}  "
+        click.echo(f"  {match.rank:>4}  {match.pin_id:<{width}}  {match.score:6.3f}  {extra}{match.name}")
+
+
+def _boards_markdown(metrics: dict[str, Any]) -> str:
+    at = metrics["at_threshold"]
+    key = next(k for k in metrics if k.startswith("recall_at_precision_"))
+    return "\n".join([
+        "", "| boards | value |", "| --- | --- |",
+        f"| board photos / pins on them | {metrics['boards']} / {metrics['pins']} |",
+        f"| at confidence {at['threshold']:.2f}: precision / recall | {at['precision']:.3f} / {at['recall']:.3f} |",
+        f"| best recall with precision >= {key.rsplit('_', 1)[1]} | {metrics[key]:.3f} |"])
 
 
 def _describe_preprocess(preprocess: dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ class QueryOutcome:
     query: GroundTruthQuery
     matches: list[Match]
     error: str | None = None
+    confidence: float | None = None  # calibrated, when the answer was verified
 
     @property
     def rank(self) -> int | None:
@@ -59,6 +60,9 @@ class QueryOutcome:
 
     @property
     def top_score(self) -> float:
+        """What open-set decisions use: the calibrated confidence, else the first match's score."""
+        if self.confidence is not None:
+            return self.confidence
         return self.matches[0].score if self.matches else float("-inf")
 
 
@@ -200,35 +204,56 @@ def compute_metrics(outcomes: Sequence[QueryOutcome], threshold: float | None = 
 
 
 # -------------------------------------------------------------------- evaluation
+def sample_queries(queries: Sequence[GroundTruthQuery], size: int, seed: int = 0) -> list[GroundTruthQuery]:
+    """A reproducible random sample that keeps each split's share (verified runs are slow on 12k photos)."""
+    if size >= len(queries):
+        return list(queries)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.permutation(len(queries))[:size])
+    return [queries[i] for i in chosen]
+
+
 def evaluate(index: PinIndex, queries: Sequence[GroundTruthQuery], *, depth: int = 10, batch_size: int = 32,
-             threshold: float | None = None, latency_samples: int = 50,
+             threshold: float | None = None, latency_samples: int = 50, verify: bool = True,
              on_progress: Callable[[int], None] | None = None) -> EvaluationReport:
     """Rank every query against ``index`` and compute metrics and per-stage latency.
 
-    Ranking runs in batches (fast); latency is measured separately on the first
-    ``latency_samples`` queries one at a time, as a user calling identify sees it.
-    ``threshold`` defaults to the index's operating threshold, if it has one.
+    Latency is measured separately on the first ``latency_samples`` queries
+    one at a time, as a user calling identify sees it. ``threshold`` defaults
+    to the index's calibrated threshold (verified runs) or its operating
+    threshold (CLIP-only runs), if it has one.
     """
     if threshold is None:
-        threshold = index.manifest.get("operating_threshold")
+        threshold = index.calibration.threshold if verify else index.manifest.get("operating_threshold")
     results = index.identify_many([q.image for q in queries], k=max(depth, max(RECALL_AT)), batch_size=batch_size,
-                                  on_progress=on_progress)
-    outcomes = [QueryOutcome(query, result.matches, result.error) for query, result in zip(queries, results)]
+                                  verify=verify, on_progress=on_progress)
+    outcomes = [QueryOutcome(query, result.matches, result.error, result.confidence)
+                for query, result in zip(queries, results)]
     metrics = compute_metrics(outcomes, threshold)
-    metrics["latency_ms"] = measure_latency(index, [q.image for q in queries[:latency_samples]])
+    metrics["latency_ms"] = measure_latency(index, [q.image for q in queries[:latency_samples]], verify=verify)
+    recorded = index.manifest["encoder"] or {"model": "local features only", "pretrained": None}
     metrics["index"] = {"path": str(index.path), "pins": index.manifest["counts"]["pins"],
-                        "images": index.manifest["counts"]["images"],
-                        "encoder": index.manifest["encoder"]["model"],
-                        "pretrained": index.manifest["encoder"].get("pretrained")}
+                        "images": index.manifest["counts"]["images"], "encoder": recorded["model"],
+                        "pretrained": recorded.get("pretrained"), "verified": verify}
     return EvaluationReport(metrics, outcomes)
 
 
-def measure_latency(index: PinIndex, images: Sequence[Path]) -> dict[str, Any]:
-    """p50/p95 per stage for single queries: load+encode, search, re-rank (none yet), total."""
-    encoder = index.encoder
-    if encoder is None or not images:
+def measure_latency(index: PinIndex, images: Sequence[Path], *, verify: bool = True) -> dict[str, Any]:
+    """p50/p95 for single queries: verified identification end to end, or CLIP load+encode/search."""
+    if not images:
         return {"samples": 0}
-    stages: dict[str, list[float]] = {"load_encode": [], "search": [], "rerank": [], "total": []}
+    if verify:
+        totals = []
+        for image in images:
+            started = time.perf_counter()
+            index.identify_many([image], k=10)
+            totals.append((time.perf_counter() - started) * 1e3)
+        return {"samples": len(images), "total": {"p50": float(np.percentile(totals, 50)),
+                                                  "p95": float(np.percentile(totals, 95))}}
+    encoder = index.encoder
+    if encoder is None:
+        return {"samples": 0}
+    stages: dict[str, list[float]] = {"load_encode": [], "search": [], "total": []}
     for image in images:
         started = time.perf_counter()
         encoded = encoder.encode_images([image], batch_size=1, workers=1)
@@ -238,7 +263,6 @@ def measure_latency(index: PinIndex, images: Sequence[Path]) -> dict[str, Any]:
         searched_at = time.perf_counter()
         stages["load_encode"].append(encoded_at - started)
         stages["search"].append(searched_at - encoded_at)
-        stages["rerank"].append(0.0)  # no re-ranking stage in this version
         stages["total"].append(searched_at - started)
     summary: dict[str, Any] = {"samples": len(images)}
     for stage, seconds in stages.items():
@@ -273,7 +297,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         lines.append("| open set at threshold | n/a (index has no operating threshold; pass --threshold) |")
     latency = metrics.get("latency_ms", {})
     if latency.get("samples"):
-        for stage in ("load_encode", "search", "rerank", "total"):
+        for stage in [name for name in ("load_encode", "search", "total") if name in latency]:
             lines.append(f"| latency {stage.replace('_', '+')} p50 / p95 (ms, {latency['samples']} queries) | "
                          f"{latency[stage]['p50']:.1f} / {latency[stage]['p95']:.1f} |")
     return "\n".join(lines)

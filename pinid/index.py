@@ -3,9 +3,15 @@
 Layout (see ``docs``/README)::
 
     INDEX_DIR/
-      manifest.json     format version, pinid version, encoder identity, counts, build time
-      vectors.faiss     FAISS IndexIDMap2 over an exact inner-product index; ids = image ids
+      manifest.json     format version, pinid version, encoder identity (or null), counts, build time,
+                        local-feature settings and the confidence calibration
+      vectors.faiss     FAISS IndexIDMap2 over an exact inner-product index; ids = image ids (CLIP only)
       catalogue.sqlite  pins (pin_row, pin_id, name, metadata JSON), images (image_id -> pin_row, path, sha256)
+      local/            reference keypoints, descriptors, pin boxes, colour thumbnails (pinid.local_features)
+      local_vocabulary.faiss  all reference descriptors, for the candidate vote (pinid.local_votes)
+
+An index built with ``encoder=None`` (``pinid build-index --encoder local``)
+has no ``vectors.faiss`` and needs no model weights at all.
 
 Image ids are stable integers shared by FAISS and SQLite, so pins can be added,
 replaced and removed later without re-encoding the rest. Nothing is pickled.
@@ -31,13 +37,17 @@ from .catalogue import Catalogue, PinRecord
 from .encoder import EncodeResult, Encoder, EncoderSpec
 from .errors import (CatalogueError, EncoderMismatchError, ImageError, IndexFormatError, PinidError,
                      WeightsUnavailableError)
-from .images import ImageSource
+from .confidence import Calibration, default_calibration
+from .images import ImageSource, load_image
+from .local_features import LOCAL_DIR, LocalStore, ReferenceEntry, reference_entry, write_local_store
+from .local_votes import VOCABULARY_FILE, build_vocabulary, read_vocabulary, write_vocabulary
+from .recognise import DEFAULT_CANDIDATES, Candidate, Found, Recogniser
 
 if TYPE_CHECKING:
     from .embedding_cache import EmbeddingCache
 
 FORMAT_NAME = "pinid-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
 DATABASE_FILE = "catalogue.sqlite"
@@ -61,7 +71,13 @@ CREATE INDEX images_by_pin ON images(pin_row);
 
 @dataclass(frozen=True)
 class Match:
-    """One candidate pin for a photo. ``score`` is the cosine similarity of the best reference image."""
+    """One candidate pin for a photo.
+
+    ``score`` orders the list: in :meth:`PinIndex.search` the cosine similarity
+    of the pin's best reference image; in verified identification the
+    calibrated probability that this candidate is the pin in the photo. The
+    verification fields are ``None`` where no verification ran.
+    """
 
     rank: int
     pin_id: str
@@ -69,19 +85,37 @@ class Match:
     score: float
     metadata: dict[str, Any]
     reference_image: str
+    inliers: int | None = None  # geometrically consistent matches at distinct places
+    colour_distance: float | None = None  # Lab distance of the aligned enamel regions
+    polygon: list[list[float]] | None = None  # the pin's outline in the photo, when aligned
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "pin_id": self.pin_id, "name": self.name, "score": round(self.score, 6),
-                "metadata": self.metadata, "reference_image": self.reference_image}
+        result: dict[str, Any] = {"rank": self.rank, "pin_id": self.pin_id, "name": self.name,
+                                  "score": round(self.score, 6), "metadata": self.metadata,
+                                  "reference_image": self.reference_image}
+        if self.inliers is not None:
+            result["inliers"] = self.inliers
+            result["colour_distance"] = (None if self.colour_distance is None or np.isnan(self.colour_distance)
+                                         else round(self.colour_distance, 2))
+            result["polygon"] = self.polygon
+        return result
 
 
 @dataclass(frozen=True)
 class Identification:
-    """The answer for one query: ranked matches, or the reason the photo could not be read."""
+    """The answer for one query: ranked matches, or the reason the photo could not be read.
+
+    ``confidence`` is the calibrated probability that the first match is right
+    (``None`` when only CLIP similarity was used); ``unknown`` says that it is
+    under the index's threshold: the pin is probably not in the catalogue, and
+    ``matches`` are only the nearest candidates.
+    """
 
     query: str
     matches: list[Match]
     error: str | None = None
+    confidence: float | None = None
+    unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,27 +146,32 @@ class PinIndex:
     """A searchable catalogue of pins. Build with :meth:`build`, open with :meth:`load`."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], vectors: Any, table: _PinTable,
-                 encoder: Encoder | None) -> None:
+                 encoder: Encoder | None, recogniser: Recogniser) -> None:
         self.path = path
         self.manifest = manifest
         self.encoder = encoder
         self.build_report: BuildReport | None = None
         self._vectors = vectors
-        self._searcher = _ExactSearcher(vectors)
+        self._searcher = _ExactSearcher(vectors) if vectors is not None else None
         self._table = table
+        self._recogniser = recogniser
 
     # ----------------------------------------------------------------- build
     @classmethod
-    def build(cls, catalogue: Catalogue, out_dir: str | os.PathLike, encoder: Encoder, *,
+    def build(cls, catalogue: Catalogue, out_dir: str | os.PathLike, encoder: Encoder | None, *,
               batch_size: int = 32, workers: int = 2, cache: EmbeddingCache | None = None,
-              on_progress: Callable[[int], None] | None = None) -> "PinIndex":
-        """Encode every reference image and write a new index to ``out_dir`` atomically.
+              on_progress: Callable[[int], None] | None = None,
+              on_features: Callable[[int], None] | None = None) -> "PinIndex":
+        """Encode every reference image, extract its local features and write a new index atomically.
 
-        Unreadable images are skipped and listed in ``build_report``; a pin with no
-        readable image is left out. If anything fails, the previous index at
+        ``encoder=None`` builds a local-features-only index that needs no model.
+        Unreadable images are skipped and listed in ``build_report``; a pin with
+        no readable image is left out. If anything fails, the previous index at
         ``out_dir`` (if any) is untouched. With a ``cache`` (see
-        ``EmbeddingCache.open``), images are keyed by content: a rebuild encodes only
-        new or changed files, and an interrupted build resumes where it stopped.
+        ``EmbeddingCache.open``), images are keyed by content: a rebuild encodes
+        only new or changed files, and an interrupted build resumes.
+        ``on_progress`` counts encoded images, ``on_features`` images whose
+        local features are done.
         """
         started = time.perf_counter()
         owners: list[PinRecord] = []
@@ -140,29 +179,45 @@ class PinIndex:
         for pin in catalogue.pins:
             owners.extend([pin] * len(pin.images))
             paths.extend(pin.images)
-        if cache is None:
-            encoded = encoder.encode_images(paths, batch_size=batch_size, workers=workers, on_progress=on_progress)
+        skipped = list(catalogue.skipped)
+        if encoder is None:
+            encoded = None
+            ok = list(range(len(paths)))
         else:
-            encoded = _encode_with_cache(paths, encoder, cache, batch_size, workers, on_progress)
-        skipped = list(catalogue.skipped) + [(str(paths[i]), reason.split(": ", 1)[-1])
-                                             for i, reason in encoded.failures]
-        rows = _rows_by_pin(owners, paths, encoded.ok)
+            if cache is None:
+                encoded = encoder.encode_images(paths, batch_size=batch_size, workers=workers,
+                                                on_progress=on_progress)
+            else:
+                encoded = _encode_with_cache(paths, encoder, cache, batch_size, workers, on_progress)
+            skipped += [(str(paths[i]), reason.split(": ", 1)[-1]) for i, reason in encoded.failures]
+            ok = list(encoded.ok)
+        entries, failures = _reference_entries([paths[i] for i in ok], workers, on_features)
+        skipped += [(str(paths[ok[i]]), reason) for i, reason in failures]
+        kept = [i for i, entry in enumerate(entries) if entry is not None]
+        vectors = None if encoded is None else np.ascontiguousarray(encoded.vectors[kept])
+        ok = [ok[i] for i in kept]
+        rows = _rows_by_pin(owners, paths, ok)
         for pin in catalogue.pins:
             if pin.pin_id not in rows:
                 skipped.append((pin.pin_id, "pin left out: none of its images could be read"))
         if not rows:
             raise CatalogueError(f"catalogue {catalogue.source}: none of its {len(paths)} images could be read")
-        manifest = _new_manifest(encoder, catalogue, pins=len(rows), images=len(encoded.ok))
+        manifest = _new_manifest(encoder, catalogue, pins=len(rows), images=len(ok))
         target = Path(out_dir).expanduser()
 
         def write(folder: Path) -> None:
             _write_database(folder / DATABASE_FILE, rows)
-            _write_vectors(folder / VECTORS_FILE, encoded.vectors)
+            if vectors is not None:
+                _write_vectors(folder / VECTORS_FILE, vectors)
+            descriptors = write_local_store(folder / LOCAL_DIR, ((image_id, entries[i])
+                                                                  for image_id, i in enumerate(kept)))
+            write_vocabulary(build_vocabulary(descriptors), folder / VOCABULARY_FILE)
+            manifest["local_features"]["descriptors"] = int(len(descriptors))
             (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
         replace_directory_atomically(target, write, is_replaceable=_looks_like_index)
         index = cls.load(target, encoder=encoder)
-        index.build_report = BuildReport(len(rows), len(encoded.ok), skipped, time.perf_counter() - started)
+        index.build_report = BuildReport(len(rows), len(ok), skipped, time.perf_counter() - started)
         return index
 
     # ------------------------------------------------------------------ load
@@ -171,24 +226,33 @@ class PinIndex:
              device: str = "auto", offline: bool | None = None) -> "PinIndex":
         """Open an index directory and check it is whole and matches ``encoder``.
 
-        ``encoder="manifest"`` loads the encoder the index was built with; pass an
-        ``Encoder`` to reuse a loaded one (it must be the same model and weights),
-        or ``None`` to only inspect or search by vector.
+        ``encoder="manifest"`` loads the encoder the index was built with (none
+        for a local-features-only index); pass an ``Encoder`` to reuse a loaded
+        one (it must be the same model and weights), or ``None`` to only inspect,
+        search by vector, or identify with local features alone.
         """
         folder = Path(path).expanduser()
         manifest = read_manifest(folder)
-        vectors = _read_vectors(folder / VECTORS_FILE)
+        recorded = manifest["encoder"]
+        vectors = _read_vectors(folder / VECTORS_FILE) if recorded is not None else None
         table = _read_table(folder / DATABASE_FILE)
         expected_images = manifest["counts"]["images"]
-        if vectors.ntotal != expected_images or len(table.image_ids) != expected_images:
+        counts = [len(table.image_ids)] + ([vectors.ntotal] if vectors is not None else [])
+        if any(count != expected_images for count in counts):
             raise IndexFormatError(
                 f"index {folder} is inconsistent: manifest lists {expected_images} images, "
-                f"{VECTORS_FILE} has {vectors.ntotal}, {DATABASE_FILE} has {len(table.image_ids)}; rebuild it")
-        if vectors.d != manifest["encoder"]["embedding_dim"]:
+                f"{DATABASE_FILE} has {len(table.image_ids)}"
+                + (f", {VECTORS_FILE} has {vectors.ntotal}" if vectors is not None else "") + "; rebuild it")
+        if vectors is not None and vectors.d != recorded["embedding_dim"]:
             raise IndexFormatError(f"index {folder}: {VECTORS_FILE} has dimension {vectors.d}, "
-                                   f"manifest says {manifest['encoder']['embedding_dim']}; rebuild it")
-        if encoder == "manifest":
-            recorded = manifest["encoder"]
+                                   f"manifest says {recorded['embedding_dim']}; rebuild it")
+        recogniser = _load_recogniser(folder, manifest, table)
+        if recorded is None:
+            if encoder is not None and encoder != "manifest":
+                raise EncoderMismatchError(f"index {folder} was built with local features only "
+                                           f"(--encoder local); it cannot use encoder {encoder.spec.describe()}")
+            encoder = None
+        elif encoder == "manifest":
             spec = EncoderSpec(recorded["model"], recorded.get("pretrained"))
             try:
                 encoder = Encoder.load(spec, device=device, offline=offline)
@@ -197,23 +261,118 @@ class PinIndex:
                     f"index {folder} needs encoder {spec.describe()}: {exc} (if the weights moved, "
                     "pass --model/--pretrained pointing at the same weights)") from exc
         if encoder is not None:
-            check_encoder(folder, manifest["encoder"], encoder)
-        return cls(folder, manifest, vectors, table, encoder)
+            check_encoder(folder, recorded, encoder)
+        return cls(folder, manifest, vectors, table, encoder, recogniser)
 
     # ---------------------------------------------------------------- search
     def __len__(self) -> int:
         return len(self._table.pins)
 
-    def identify(self, image: ImageSource, k: int = 5) -> list[Match]:
-        """Rank the ``k`` most likely pins for one photo; raises ``ImageError`` if it cannot be read."""
-        result = self.identify_many([image], k=k)[0]
+    @property
+    def has_vectors(self) -> bool:
+        """Whether the index has CLIP vectors (false for a local-features-only index)."""
+        return self._vectors is not None
+
+    @property
+    def calibration(self) -> Calibration:
+        return self._recogniser.calibration
+
+    def identify(self, image: ImageSource, k: int = 5, *, verify: bool = True) -> Identification:
+        """Identify one photo; raises ``ImageError`` if it cannot be read."""
+        result = self.identify_many([image], k=k, verify=verify)[0]
         if result.error is not None:
             raise ImageError(result.error)
-        return result.matches
+        return result
 
     def identify_many(self, images: Sequence[ImageSource], k: int = 5, *, batch_size: int = 32,
+                      verify: bool = True, candidates: int = DEFAULT_CANDIDATES,
                       on_progress: Callable[[int], None] | None = None) -> list[Identification]:
-        """Identify many photos in batches; an unreadable photo gets an ``error``, the rest still answer."""
+        """Identify many photos; an unreadable photo gets an ``error``, the rest still answer.
+
+        With ``verify`` (the default), CLIP candidates (if the index has an
+        encoder) and local-feature candidates are merged, the first
+        ``candidates`` are verified geometrically and by colour, and each answer
+        gets a calibrated confidence. ``verify=False`` ranks by CLIP alone.
+        """
+        if not verify:
+            return self._identify_by_clip(images, k, batch_size, on_progress)
+        clip: dict[int, list[tuple[int, float]]] = {}
+        errors: dict[int, str] = {}
+        if self.encoder is not None:
+            encoded = self.encoder.encode_images(images, batch_size=batch_size)
+            errors.update(encoded.failures)
+            if len(encoded.ok):
+                scores, ids = self._require_searcher().search(encoded.vectors, min(candidates, len(self._table.image_ids)))
+                for position, score_row, id_row in zip(encoded.ok, scores, ids):
+                    clip[position] = [(int(i), float(s)) for i, s in zip(id_row, score_row) if i >= 0]
+        results = []
+        for position, source in enumerate(images):
+            name = _query_name(source)
+            if position not in errors:
+                try:
+                    photo = load_image(source)
+                except ImageError as exc:
+                    errors[position] = str(exc)
+            if position in errors:
+                results.append(Identification(name, [], errors[position]))
+            else:
+                ranked, back = self._recogniser.candidates(photo, clip.get(position, []), limit=candidates)
+                confidence = self._recogniser.confidence(ranked)
+                results.append(Identification(name, self._verified_matches(ranked, k, back), None, confidence,
+                                              confidence < self.calibration.threshold))
+            if on_progress is not None:
+                on_progress(1)
+        return results
+
+    def verified_candidates(self, image: ImageSource, *, candidates: int = DEFAULT_CANDIDATES
+                            ) -> tuple[list[Candidate], float]:
+        """Every verified candidate for one photo with its features (for calibration and diagnosis).
+
+        Returns the candidates best first and the factor from their polygons' pixels to the photo's.
+        """
+        photo = load_image(image)
+        clip: list[tuple[int, float]] = []
+        if self.encoder is not None:
+            encoded = self.encoder.encode_images([photo], batch_size=1, workers=1)
+            scores, ids = self._require_searcher().search(encoded.vectors, min(candidates, len(self._table.image_ids)))
+            clip = [(int(i), float(v)) for i, v in zip(ids[0], scores[0]) if i >= 0]
+        return self._recogniser.candidates(photo, clip, limit=candidates)
+
+    def pin_of(self, candidate: Candidate) -> str:
+        """The pin id of a candidate's reference image."""
+        return self._table.pins[candidate.pin_row][0]
+
+    def identify_multi(self, image: ImageSource, *, min_confidence: float | None = None) -> list[Found]:
+        """Every catalogue pin verified in one photo of a board or lanyard, most confident first.
+
+        ``min_confidence`` defaults to the calibrated threshold. The same pin
+        shown twice in one photo is reported once.
+        """
+        photo = load_image(image)
+        found = self._recogniser.find_all(photo, min_confidence=min_confidence)
+        return [Found(self._verified_matches([candidate], 1, 1.0)[0], confidence, polygon)
+                for candidate, confidence, polygon in found]
+
+    def _verified_matches(self, ranked: Sequence[Candidate], k: int, back: float) -> list[Match]:
+        matches: list[Match] = []
+        seen: set[int] = set()
+        for candidate in ranked:
+            if candidate.pin_row in seen:
+                continue
+            seen.add(candidate.pin_row)
+            pin_id, name, metadata = self._table.pins[candidate.pin_row]
+            check = candidate.verification
+            polygon = None if check.polygon is None else np.round(check.polygon * back, 1).tolist()
+            probability = 1.0 / (1.0 + float(np.exp(-np.clip(candidate.rank_score, -40, 40))))
+            matches.append(Match(len(matches) + 1, pin_id, name, probability, json.loads(metadata),
+                                 self._table.image_paths[candidate.image_id], check.distinct_inliers,
+                                 check.colour_distance if check.aligned else None, polygon))
+            if len(matches) == k:
+                break
+        return matches
+
+    def _identify_by_clip(self, images: Sequence[ImageSource], k: int, batch_size: int,
+                          on_progress: Callable[[int], None] | None) -> list[Identification]:
         encoder = self._require_encoder()
         encoded = encoder.encode_images(images, batch_size=batch_size, on_progress=on_progress)
         ranked = self.search(encoded.vectors, k=k)
@@ -223,16 +382,17 @@ class PinIndex:
                 for i, image in enumerate(images)]
 
     def search(self, vectors: np.ndarray, k: int = 5) -> list[list[Match]]:
-        """Top-``k`` pins per query vector, each pin scored by its best reference image."""
+        """Top-``k`` pins per CLIP query vector, each pin scored by its best reference image."""
         if k < 1:
             raise PinidError("k must be at least 1")
+        searcher = self._require_searcher()
         queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self._vectors.d)
         if len(queries) == 0:
             return []
         total = self._vectors.ntotal
         depth = min(total, max(4 * k, k + 32))
         while True:
-            scores, ids = self._searcher.search(queries, depth)
+            scores, ids = searcher.search(queries, depth)
             ranked = [self._aggregate(score_row, id_row, k) for score_row, id_row in zip(scores, ids)]
             if depth >= total or all(len(r) >= min(k, len(self._table.pins)) for r in ranked):
                 return ranked
@@ -267,8 +427,15 @@ class PinIndex:
 
     def _require_encoder(self) -> Encoder:
         if self.encoder is None:
+            if self._vectors is None:
+                raise PinidError(f"index {self.path} has local features only: CLIP search is not available")
             raise PinidError("this index was loaded without an encoder; load it with encoder='manifest'")
         return self.encoder
+
+    def _require_searcher(self) -> "_ExactSearcher":
+        if self._searcher is None:
+            raise PinidError(f"index {self.path} has local features only: CLIP search is not available")
+        return self._searcher
 
     def info(self) -> dict[str, Any]:
         """A summary of the manifest, for people and for `pinid info --json`."""
@@ -337,10 +504,55 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise IndexFormatError(f"index {folder} has format version {version}; this pinid ({__version__}) "
                                f"reads version {FORMAT_VERSION}: rebuild the index")
     try:
-        int(manifest["counts"]["images"]), int(manifest["encoder"]["embedding_dim"]), manifest["encoder"]["model"]
+        int(manifest["counts"]["images"]), int(manifest["local_features"]["descriptors"])
+        if manifest["encoder"] is not None:
+            int(manifest["encoder"]["embedding_dim"]), manifest["encoder"]["model"]
     except (KeyError, TypeError, ValueError):
-        raise IndexFormatError(f"index {folder}: {MANIFEST_FILE} lacks counts or encoder fields") from None
+        raise IndexFormatError(f"index {folder}: {MANIFEST_FILE} lacks counts, encoder or local-feature fields"
+                               ) from None
     return manifest
+
+
+def _load_recogniser(folder: Path, manifest: dict[str, Any], table: _PinTable) -> Recogniser:
+    store = LocalStore.load(folder)
+    if len(store.descriptors) != manifest["local_features"]["descriptors"] or set(store.image_ids.tolist()) != set(
+            table.image_ids.tolist()):
+        raise IndexFormatError(f"index {folder} is inconsistent: its local features do not cover the same "
+                               "images as the catalogue; rebuild it")
+    vocabulary = read_vocabulary(folder / VOCABULARY_FILE, len(store.descriptors))
+    calibration = (Calibration.from_dict(manifest["calibration"]) if manifest.get("calibration")
+                   else default_calibration())
+    designs = {}
+    for pin_row, (pin_id, _, metadata) in table.pins.items():
+        design = json.loads(metadata).get("design")
+        designs[pin_row] = str(design) if design else pin_id
+    image_pin_rows = dict(zip(table.image_ids.tolist(), table.image_pin_rows.tolist()))
+    return Recogniser(store, vocabulary, image_pin_rows, designs, calibration)
+
+
+def _reference_entries(paths: list[Path], workers: int, on_features: Callable[[int], None] | None
+                       ) -> tuple[list[ReferenceEntry | None], list[tuple[int, str]]]:
+    """Local features of every reference image, in threads (OpenCV releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(path: Path) -> ReferenceEntry | str:
+        try:
+            return reference_entry(load_image(path))
+        except ImageError as exc:
+            return str(exc).split(": ", 1)[-1]
+
+    entries: list[ReferenceEntry | None] = []
+    failures: list[tuple[int, str]] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for position, outcome in enumerate(pool.map(one, paths)):
+            if isinstance(outcome, str):
+                failures.append((position, outcome))
+                entries.append(None)
+            else:
+                entries.append(outcome)
+            if on_features is not None:
+                on_features(1)
+    return entries, failures
 
 
 def check_encoder(folder: Path, recorded: dict[str, Any], encoder: Encoder) -> None:
@@ -403,18 +615,25 @@ def _rows_by_pin(owners: list[PinRecord], paths: list[Path], ok: list[int]) -> d
     return rows
 
 
-def _new_manifest(encoder: Encoder, catalogue: Catalogue, *, pins: int, images: int) -> dict[str, Any]:
+def _new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, images: int) -> dict[str, Any]:
+    import cv2
     import faiss
+
+    from .local_features import MAX_REFERENCE_FEATURES
 
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "pinid_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "encoder": encoder.identity(),
+        "encoder": None if encoder is None else encoder.identity(),
         "counts": {"pins": pins, "images": images},
-        "vectors": {"file": VECTORS_FILE, "faiss_index": "IDMap2,Flat", "metric": "inner_product",
-                    "faiss_version": faiss.__version__},
+        "vectors": None if encoder is None else {
+            "file": VECTORS_FILE, "faiss_index": "IDMap2,Flat", "metric": "inner_product",
+            "faiss_version": faiss.__version__},
+        "local_features": {"kind": "RootSIFT, 3 scales + 4 tilts", "max_per_image": MAX_REFERENCE_FEATURES,
+                           "descriptors": 0, "vocabulary": VOCABULARY_FILE, "opencv_version": cv2.__version__},
+        "calibration": default_calibration().to_dict(),
         "catalogue": {"source": str(catalogue.source.resolve())},
         "next_image_id": images,
     }

@@ -24,7 +24,7 @@ def built(make_catalogue, tiny_encoder: Encoder, tmp_path: Path) -> PinIndex:
 
 def test_exact_catalogue_image_is_rank_one_with_score_near_one(built: PinIndex, tmp_path: Path) -> None:
     photo = tmp_path / "catalogue" / "pin-004" / "img1.png"
-    matches = built.identify(photo, k=3)
+    matches = built.identify(photo, k=3, verify=False).matches
     assert matches[0].pin_id == "pin-004" and matches[0].score >= 0.99
     assert matches[0].name == "Pin number 4" and matches[0].metadata == {"series": "test"}
     assert matches[0].reference_image == str(photo)
@@ -33,7 +33,7 @@ def test_exact_catalogue_image_is_rank_one_with_score_near_one(built: PinIndex, 
 
 
 def test_each_pin_appears_once_scored_by_its_best_image(built: PinIndex) -> None:
-    matches = built.identify(draw_pin_image(2 * 100 + 1), k=10)
+    matches = built.identify(draw_pin_image(2 * 100 + 1), k=10, verify=False).matches
     assert len(matches) == 6 and len({m.pin_id for m in matches}) == 6
     assert matches[0].pin_id == "pin-002"
 
@@ -47,7 +47,7 @@ def test_search_looks_deeper_when_one_pin_has_many_close_images(make_catalogue, 
         image.putpixel((i % 128, i // 128), (i, i, i))
         image.save(crowded / f"dup{i}.png")
     index = PinIndex.build(read_catalogue(root), tmp_path / "idx", tiny_encoder)
-    matches = index.identify(draw_pin_image(0), k=4)
+    matches = index.identify(draw_pin_image(0), k=4, verify=False).matches
     assert matches[0].pin_id == "pin-000" and len({m.pin_id for m in matches}) == 4
 
 
@@ -75,7 +75,7 @@ def test_catalogue_with_only_unreadable_images_builds_nothing(tiny_encoder: Enco
 
 def test_manifest_records_encoder_and_counts(built: PinIndex, tiny_encoder: Encoder) -> None:
     manifest = json.loads((built.path / "manifest.json").read_text())
-    assert manifest["format"] == "pinid-index" and manifest["format_version"] == 1
+    assert manifest["format"] == "pinid-index" and manifest["format_version"] == 2
     assert manifest["encoder"] == tiny_encoder.identity()
     assert manifest["counts"] == {"pins": 6, "images": 12}
     assert manifest["created_at"] and manifest["pinid_version"]
@@ -96,7 +96,7 @@ def test_database_ids_match_faiss_ids(built: PinIndex) -> None:
 def test_load_with_manifest_encoder_answers_the_same(built: PinIndex, tmp_path: Path) -> None:
     photo = tmp_path / "catalogue" / "pin-001" / "img0.png"
     reloaded = PinIndex.load(built.path, device="cpu")
-    assert reloaded.identify(photo, k=3) == built.identify(photo, k=3)
+    assert reloaded.identify(photo, k=3, verify=False).matches == built.identify(photo, k=3, verify=False).matches
 
 
 def test_query_with_another_encoder_names_both(built: PinIndex, other_model_dir: Path) -> None:
@@ -114,14 +114,14 @@ def test_moved_weights_with_same_checksum_are_accepted(built: PinIndex, tiny_mod
     moved = tmp_path / "moved-model"
     shutil.copytree(tiny_model_dir, moved)
     encoder = Encoder.load(f"local-dir:{moved}", device="cpu")
-    assert PinIndex.load(built.path, encoder=encoder).identify(draw_pin_image(1))
+    assert PinIndex.load(built.path, encoder=encoder).identify(draw_pin_image(1), verify=False).matches
 
 
 def test_unreadable_photo_raises_image_error(built: PinIndex, tmp_path: Path) -> None:
     bad = corrupt_files(tmp_path / "bad")
     with pytest.raises(ImageError):
-        built.identify(bad[0])
-    results = built.identify_many([bad[1], draw_pin_image(100)], k=2)
+        built.identify(bad[0], verify=False).matches
+    results = built.identify_many([bad[1], draw_pin_image(100)], k=2, verify=False)
     assert results[0].error and not results[0].matches
     assert results[1].error is None and results[1].matches[0].pin_id == "pin-001"
 
@@ -131,21 +131,21 @@ def test_search_by_vector_without_encoder(built: PinIndex, tiny_encoder: Encoder
     vector = tiny_encoder.encode_images([draw_pin_image(300)]).vectors
     assert bare.search(vector, k=1)[0][0].pin_id == "pin-003"
     with pytest.raises(PinidError, match="without an encoder"):
-        bare.identify(draw_pin_image(300))
+        bare.identify(draw_pin_image(300), verify=False).matches
     with pytest.raises(PinidError, match="k must be"):
         bare.search(vector, k=0)
 
 
 # ---------------------------------------------------------------- atomic saving
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_failed_rebuild_leaves_previous_index_intact(built: PinIndex, make_catalogue, tiny_encoder: Encoder,
                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = _snapshot(built.path)
     photo = tmp_path / "catalogue" / "pin-005" / "img0.png"
-    expected = built.identify(photo, k=3)
+    expected = built.identify(photo, k=3, verify=False).matches
 
     def crash(path: Path, vectors: np.ndarray) -> None:
         path.write_bytes(b"half a file")
@@ -156,7 +156,7 @@ def test_failed_rebuild_leaves_previous_index_intact(built: PinIndex, make_catal
     with pytest.raises(OSError, match="disk full"):
         PinIndex.build(bigger, built.path, tiny_encoder)
     assert _snapshot(built.path) == before
-    assert PinIndex.load(built.path, encoder=tiny_encoder).identify(photo, k=3) == expected
+    assert PinIndex.load(built.path, encoder=tiny_encoder).identify(photo, k=3, verify=False).matches == expected
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx")] == []
 
 
@@ -271,7 +271,7 @@ def test_reference_paths_are_absolute_whatever_the_working_directory(make_catalo
     make_catalogue(pins=2)
     monkeypatch.chdir(tmp_path)
     index = PinIndex.build(read_catalogue("catalogue"), "idx", tiny_encoder)
-    reference = index.identify(draw_pin_image(0), k=1)[0].reference_image
+    reference = index.identify(draw_pin_image(0), k=1, verify=False).matches[0].reference_image
     assert Path(reference).is_absolute() and Path(reference).is_file()
 
 
@@ -294,6 +294,6 @@ def test_cached_rebuild_encodes_only_new_images_and_gives_the_same_index(make_ca
     assert len(second) == 5 and len(first) == 4
     uncached = PinIndex.build(read_catalogue(root), tmp_path / "plain", tiny_encoder)
     photo = root / "pin-004" / "img0.png"
-    assert [m.pin_id for m in second.identify(photo, k=5)] == [m.pin_id for m in uncached.identify(photo, k=5)]
-    assert np.allclose([m.score for m in second.identify(photo, k=5)],
-                       [m.score for m in uncached.identify(photo, k=5)], atol=1e-5)
+    assert [m.pin_id for m in second.identify(photo, k=5, verify=False).matches] == [m.pin_id for m in uncached.identify(photo, k=5, verify=False).matches]
+    assert np.allclose([m.score for m in second.identify(photo, k=5, verify=False).matches],
+                       [m.score for m in uncached.identify(photo, k=5, verify=False).matches], atol=1e-5)

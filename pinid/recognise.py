@@ -1,0 +1,159 @@
+"""From a photo to verified, ranked, calibrated answers: single pins and whole boards.
+
+Candidates come from the local-feature vote and, when the index has an
+encoder, from CLIP; the two lists are merged (alternating, best first) and the
+first ``candidates`` reference images are verified (:mod:`pinid.verify`).
+The calibrated ranking model orders them and the confidence model says how
+sure the best answer is (:mod:`pinid.confidence`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .confidence import Calibration, ranking_features
+from .local_features import BOARD_SIDE, QUERY_SIDE, LocalStore, query_features
+from .local_votes import vote
+from .verify import Verification, verify
+
+if TYPE_CHECKING:
+    from .index import Match
+
+DEFAULT_CANDIDATES = 50
+_BOARD_CANDIDATES = 80
+_OVERLAP = 0.3  # polygons overlapping more than this (intersection over the smaller) are one pin
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One verified reference image, with everything the models and a report need."""
+
+    image_id: int
+    pin_row: int
+    design: str
+    clip_score: float
+    votes: float
+    verification: Verification
+    rank_score: float
+
+    @property
+    def aligned(self) -> bool:
+        return self.verification.aligned
+
+
+@dataclass(frozen=True)
+class Found:
+    """A pin found in a board photo: which, how sure, and where (polygon in photo pixels)."""
+
+    match: "Match"
+    confidence: float
+    polygon: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.match.to_dict(), "confidence": round(self.confidence, 4),
+                "polygon": np.round(self.polygon, 1).tolist()}
+
+
+def working_copy(image: Image.Image, side: int) -> tuple[Image.Image, float]:
+    """The photo at a bounded long side, and the factor from its pixels back to the original's."""
+    scale = min(1.0, side / max(image.size))
+    if scale >= 1.0:
+        return image, 1.0
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BILINEAR, reducing_gap=2.0), image.width / size[0]
+
+
+class Recogniser:
+    """Verification and calibration over one index's local store (made by :class:`pinid.index.PinIndex`)."""
+
+    def __init__(self, store: LocalStore, vocabulary: Any, image_pin_rows: dict[int, int],
+                 designs: dict[int, str], calibration: Calibration) -> None:
+        self.store = store
+        self.vocabulary = vocabulary
+        self.image_pin_rows = image_pin_rows
+        self.designs = designs
+        self.calibration = calibration
+
+    def candidates(self, image: Image.Image, clip: Sequence[tuple[int, float]] = (), *,
+                   limit: int = DEFAULT_CANDIDATES, board: bool = False) -> tuple[list[Candidate], float]:
+        """Verified candidates for a photo, best first, and the factor back to the photo's pixels.
+
+        ``clip`` lists (image id, cosine) from the CLIP search, best first.
+        """
+        import cv2
+
+        work, back = working_copy(image, BOARD_SIDE if board else QUERY_SIDE)
+        features = query_features(work, board=board)
+        voted_ids, vote_totals = vote(self.vocabulary, self.store.row_image, features.descriptors)
+        votes = dict(zip(voted_ids.tolist(), vote_totals.tolist()))
+        clip_scores = dict(clip)
+        order: list[int] = []
+        for pair in _interleave([image_id for image_id, _ in clip], voted_ids.tolist()):
+            if pair not in order and pair in self.store:
+                order.append(pair)
+            if len(order) == limit:
+                break
+        lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
+        checked = verify(features, lab, [(image_id, self.store.entry(image_id)) for image_id in order])
+        scores = self.calibration.rank_score(ranking_features(
+            [v.distinct_inliers for v in checked], [v.inlier_ratio for v in checked],
+            [v.colour_distance for v in checked], [clip_scores.get(v.image_id, 0.0) for v in checked],
+            [v.aligned for v in checked]))
+        result = [Candidate(v.image_id, self.image_pin_rows[v.image_id], self.designs[self.image_pin_rows[v.image_id]],
+                            clip_scores.get(v.image_id, float("nan")), votes.get(v.image_id, 0.0), v, float(s))
+                  for v, s in zip(checked, scores)]
+        position = {image_id: i for i, image_id in enumerate(order)}
+        result.sort(key=lambda c: (-c.rank_score, position[c.image_id]))
+        return result, back
+
+    def confidence(self, ranked: Sequence[Candidate]) -> float:
+        """How sure the best candidate is: its score and its lead over the best rival of another design."""
+        if not ranked or not ranked[0].aligned:
+            return 0.0
+        top = ranked[0]
+        rival = next((c.rank_score for c in ranked[1:] if c.design != top.design and c.aligned), None)
+        lead = top.rank_score - (rival if rival is not None else self.calibration.ranking[0])
+        return self.calibration.answer_confidence(top.rank_score, lead)
+
+    def find_all(self, image: Image.Image, *, limit: int = _BOARD_CANDIDATES, min_confidence: float | None = None
+                 ) -> list[tuple[Candidate, float, np.ndarray]]:
+        """Every pin verified in a board photo: (candidate, confidence, polygon in photo pixels).
+
+        Candidates are taken best first; one whose outline mostly overlaps an
+        accepted pin is the same pin (or a colourway sibling) and is dropped.
+        The confidence of each uses as rivals only candidates that overlap it.
+        """
+        threshold = self.calibration.threshold if min_confidence is None else min_confidence
+        ranked, back = self.candidates(image, limit=limit, board=True)
+        aligned = [c for c in ranked if c.aligned]
+        accepted: list[tuple[Candidate, float, np.ndarray]] = []
+        for candidate in aligned:
+            polygon = candidate.verification.polygon * back
+            if any(_overlap(polygon, other) > _OVERLAP for _, _, other in accepted):
+                continue
+            rivals = [c for c in aligned if c is not candidate
+                      and _overlap(polygon, c.verification.polygon * back) > _OVERLAP]
+            confidence = self.confidence([candidate, *rivals])
+            if confidence >= threshold and confidence > 0:
+                accepted.append((candidate, confidence, polygon))
+        return accepted
+
+
+def _interleave(first: Sequence[int], second: Sequence[int]) -> list[int]:
+    merged = []
+    for i in range(max(len(first), len(second))):
+        merged.extend(seq[i] for seq in (first, second) if i < len(seq))
+    return merged
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over the smaller area of two convex polygons."""
+    import cv2
+
+    area, _ = cv2.intersectConvexConvex(a.astype(np.float32), b.astype(np.float32))
+    smaller = min(cv2.contourArea(a.astype(np.float32)), cv2.contourArea(b.astype(np.float32)))
+    return float(area / smaller) if smaller > 0 else 0.0

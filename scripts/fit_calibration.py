@@ -1,0 +1,76 @@
+"""Fit the ranking and confidence models on labelled photos and write calibration.json.
+
+Usage:
+    python scripts/fit_calibration.py INDEX BENCH_DIR [--queries 600] [--seed 1] [-o pinid/calibration.json]
+
+INDEX must be built from BENCH_DIR's catalogue. Queries are a seeded random
+sample of BENCH_DIR/queries.csv (known and unknown alike): evaluate on a
+different seed or on a different benchmark, or the figures are optimistic.
+The clip_score weight can only be learned from an index with real CLIP
+weights; with a local-only index it stays 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pinid.confidence import Calibration, fit_logistic, ranking_features
+from pinid.evaluate import read_queries, sample_queries
+from pinid.index import PinIndex
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("index", type=Path)
+    parser.add_argument("bench", type=Path)
+    parser.add_argument("--queries", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("-o", "--output", type=Path, default=Path("pinid/calibration.json"))
+    args = parser.parse_args()
+
+    index = PinIndex.load(args.index)
+    queries = sample_queries(read_queries(args.bench / "queries.csv"), args.queries, seed=args.seed)
+    rows, labels, per_query = [], [], []
+    for number, query in enumerate(queries, 1):
+        ranked, _ = index.verified_candidates(query.image)
+        aligned = [c for c in ranked if c.aligned]
+        features = ranking_features([c.verification.distinct_inliers for c in aligned],
+                                    [c.verification.inlier_ratio for c in aligned],
+                                    [c.verification.colour_distance for c in aligned],
+                                    [0.0 if np.isnan(c.clip_score) else c.clip_score for c in aligned],
+                                    [True] * len(aligned))
+        truth = [index.pin_of(c) == query.pin_id for c in aligned]
+        rows.append(features)
+        labels += truth
+        per_query.append((features, np.array(truth, bool), [c.design for c in aligned]))
+        if number % 50 == 0:
+            print(f"{number}/{len(queries)} photos", file=sys.stderr, flush=True)
+    ranking = fit_logistic(np.concatenate(rows), np.array(labels))
+    draft = Calibration(tuple(ranking), (0.0, 1.0, 0.0), 0.5, "")
+    top_scores, leads, correct = [], [], []
+    for features, truth, designs in per_query:
+        if not len(features):
+            continue
+        scores = draft.rank_score(features)
+        order = np.argsort(-scores, kind="stable")
+        best = order[0]
+        rival = next((scores[i] for i in order[1:] if designs[i] != designs[best]), ranking[0])
+        top_scores.append(scores[best])
+        leads.append(scores[best] - rival)
+        correct.append(bool(truth[best]))
+    confidence = fit_logistic(np.column_stack([top_scores, leads]), np.array(correct))
+    fitted_on = (f"{len(queries)} photos (seed {args.seed}) of {args.bench.name}, index {args.index.name} "
+                 f"({index.manifest['encoder']['model'] if index.manifest['encoder'] else 'local features only'}); "
+                 f"{int(np.sum(labels))} true of {len(labels)} aligned candidates")
+    calibration = Calibration(tuple(float(v) for v in ranking), tuple(float(v) for v in confidence), 0.5, fitted_on)
+    args.output.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(calibration.to_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    main()
