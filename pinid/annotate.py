@@ -27,7 +27,8 @@ def annotate(photo: ImageSource, found: Sequence[Found]) -> Image.Image:
         colour = _COLOURS[number % len(_COLOURS)]
         points = [tuple(map(float, p)) for p in item.polygon]
         draw.line(points + [points[0]], fill=colour, width=line, joint="curve")
-        label = f"{item.match.name} ({item.match.pin_id}) {item.confidence:.0%}"
+        name = item.match.name if item.match.name == item.match.pin_id else f"{item.match.name} ({item.match.pin_id})"
+        label = f"{name} {item.confidence:.0%}"
         x, y = min(p[0] for p in points), min(p[1] for p in points)
         box = draw.textbbox((0, 0), label, font=font)
         width, height = box[2] - box[0] + 2 * line, box[3] - box[1] + 2 * line

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 import numpy as np
 
 from . import __version__
-from ._atomic import replace_directory_atomically
+from ._atomic import replace_directory_atomically, write_file_atomically
 from .catalogue import Catalogue, PinRecord
 from .encoder import EncodeResult, Encoder, EncoderSpec
 from .errors import (CatalogueError, EncoderMismatchError, ImageError, IndexFormatError, PinidError,
@@ -275,7 +275,15 @@ class PinIndex:
 
     @property
     def calibration(self) -> Calibration:
+        """The confidence calibration this index answers with (copied into the manifest at build time)."""
         return self._recogniser.calibration
+
+    def replace_calibration(self, calibration: Calibration) -> None:
+        """Make this index answer with another calibration, e.g. one fitted on your own labelled photos."""
+        manifest = {**self.manifest, "calibration": calibration.to_dict()}
+        write_file_atomically(self.path / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+        self.manifest = manifest
+        self._recogniser.calibration = calibration
 
     def identify(self, image: ImageSource, k: int = 5, *, verify: bool = True) -> Identification:
         """Identify one photo; raises ``ImageError`` if it cannot be read."""

@@ -1,11 +1,17 @@
 """The weight-free candidate stage: nearest reference descriptors vote for their images.
 
 Every query descriptor looks up its ``NEIGHBOURS`` nearest reference
-descriptors in one FAISS index over all reference images; a neighbour votes
-for its image with weight ``1 - d / d_last`` (``d_last``: distance of the
-farthest neighbour looked up, the background level for that descriptor), and
-each query descriptor votes at most once per image. Descriptors shared by
-many images (plain enamel edges) thus vote little, distinctive ones a lot.
+descriptors in one FAISS index over all reference images and votes at most
+once per image, for its nearest neighbour there, with weight ``1 - d / d_next``
+(``d_next``: distance of the nearest neighbour in the next other image, a
+ratio test across images). Descriptors shared by many images (plain enamel
+edges) thus vote little, distinctive ones a lot. Votes must also agree on the
+rotation and scale change (weak geometric consistency).
+
+Measured on 100 single-pin photos of the full benchmark (2,295 pins):
+true pin in the top 50 for 0.34 of photos with plain votes, 0.36 with the
+geometric check (top 1: 0.17 -> 0.23); 16 to 64 neighbours and 16 to 48
+probed lists made no difference.
 
 Small catalogues use an exact flat index; larger ones an inverted file with
 8-bit codes (the quantised RootSIFT values are stored exactly).
@@ -22,11 +28,14 @@ import numpy as np
 from .errors import IndexFormatError
 
 VOCABULARY_FILE = "local_vocabulary.faiss"
-NEIGHBOURS = 32
+NEIGHBOURS = 16
 BACKGROUND_RANK = 1  # measured on 80 full-benchmark queries: r@10 0.24 (1), 0.21 (4), 0.17 (8)
 PROBES = 16
 _EXACT_LIMIT = 60_000  # descriptors; below this a flat scan is fast and needs no training
 _TRAINING_SAMPLE = 160_000
+_ROTATION_BINS = 8  # 45 degrees
+_SCALE_BINS = 12
+_SCALE_BIN = 1.0  # octaves
 
 
 def build_vocabulary(descriptors: np.ndarray, seed: int = 0) -> Any:
@@ -76,8 +85,16 @@ def read_vocabulary(path: Path, expected: int) -> Any:
     return index
 
 
-def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids, votes) for every image that got a vote, best first."""
+def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypoints: np.ndarray | None = None,
+         reference_keypoints: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, votes) for every image that got a vote, best first.
+
+    With keypoints (n, 4: x, y, size, angle) for the query and for every
+    reference row, votes are checked for weak geometric consistency (Jegou et
+    al. 2008): the votes for an image count only within its most popular bin of
+    rotation and scale change, since a pin seen in a photo turns and scales as
+    one piece while chance neighbours scatter.
+    """
     if len(descriptors) == 0 or index.ntotal == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     distances, rows = index.search(np.ascontiguousarray(descriptors, dtype=np.float32),
@@ -95,7 +112,24 @@ def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray) -> tuple[np
     background = np.where(np.isfinite(background), background, distances[:, -1])[:, None]
     weights = np.clip(1.0 - distances / np.maximum(background, 1e-6), 0.0, 1.0) * first
     chosen = first & (weights > 0)
-    unique_images, inverse = np.unique(images[chosen], return_inverse=True)
-    totals = np.bincount(inverse, weights=weights[chosen], minlength=len(unique_images)).astype(np.float32)
+    chosen_images, chosen_weights = images[chosen], weights[chosen]
+    if query_keypoints is not None and reference_keypoints is not None and chosen.any():
+        query_rows = np.nonzero(chosen)[0]
+        reference = np.asarray(reference_keypoints[rows[chosen]], dtype=np.float32)
+        query = query_keypoints[query_rows]
+        turn = ((query[:, 3] - reference[:, 3]) % 360.0 // (360.0 / _ROTATION_BINS)).astype(np.int64)
+        scale = np.clip(np.floor(np.log2(np.maximum(query[:, 2], 1e-3) / np.maximum(reference[:, 2], 1e-3))
+                                 / _SCALE_BIN) + _SCALE_BINS // 2, 0, _SCALE_BINS - 1).astype(np.int64)
+        keys = (chosen_images * _ROTATION_BINS + turn) * _SCALE_BINS + scale
+        unique_keys, inverse = np.unique(keys, return_inverse=True)
+        bin_totals = np.bincount(inverse, weights=chosen_weights)
+        bin_images = unique_keys // (_ROTATION_BINS * _SCALE_BINS)
+        unique_images, image_of_bin = np.unique(bin_images, return_inverse=True)
+        totals = np.zeros(len(unique_images))
+        np.maximum.at(totals, image_of_bin, bin_totals)
+        totals = totals.astype(np.float32)
+    else:
+        unique_images, inverse = np.unique(chosen_images, return_inverse=True)
+        totals = np.bincount(inverse, weights=chosen_weights, minlength=len(unique_images)).astype(np.float32)
     ranking = np.argsort(-totals, kind="stable")
     return unique_images[ranking], totals[ranking]

@@ -88,7 +88,8 @@ class Recogniser:
 
         work, back = working_copy(image, BOARD_SIDE if board else QUERY_SIDE)
         features = query_features(work, board=board)
-        voted_ids, vote_totals = vote(self.vocabulary, self.store.row_image, features.descriptors)
+        voted_ids, vote_totals = vote(self.vocabulary, self.store.row_image, features.descriptors,
+                                      features.keypoints, self.store.keypoints)
         votes = dict(zip(voted_ids.tolist(), vote_totals.tolist()))
         clip_scores = dict(clip)
         order: list[int] = []

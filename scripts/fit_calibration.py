@@ -1,11 +1,13 @@
 """Fit the ranking and confidence models on labelled photos and write calibration.json.
 
 Usage:
-    python scripts/fit_calibration.py INDEX BENCH_DIR [--queries 600] [--seed 1] [-o pinid/calibration.json]
+    python scripts/fit_calibration.py INDEX BENCH_DIR [--queries 600] [--seed 1]
+        [--holdout 1000 --holdout-seed 0] [-o pinid/calibration.json] [--apply]
 
 INDEX must be built from BENCH_DIR's catalogue. Queries are a seeded random
-sample of BENCH_DIR/queries.csv (known and unknown alike): evaluate on a
-different seed or on a different benchmark, or the figures are optimistic.
+sample of BENCH_DIR/queries.csv (known and unknown alike), drawn from the
+queries *outside* the held-out evaluation sample (``pinid eval --sample
+HOLDOUT --seed HOLDOUT_SEED``), so that evaluation never sees a fitted photo.
 The clip_score weight can only be learned from an index with real CLIP
 weights; with a local-only index it stays 0.
 """
@@ -30,11 +32,16 @@ def main() -> None:
     parser.add_argument("bench", type=Path)
     parser.add_argument("--queries", type=int, default=600)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--holdout", type=int, default=1000, help="size of the evaluation sample to leave out")
+    parser.add_argument("--holdout-seed", type=int, default=0)
     parser.add_argument("-o", "--output", type=Path, default=Path("pinid/calibration.json"))
+    parser.add_argument("--apply", action="store_true", help="also make INDEX answer with the new calibration")
     args = parser.parse_args()
 
     index = PinIndex.load(args.index)
-    queries = sample_queries(read_queries(args.bench / "queries.csv"), args.queries, seed=args.seed)
+    every = read_queries(args.bench / "queries.csv")
+    held_out = {q.query_id for q in sample_queries(every, args.holdout, seed=args.holdout_seed)}
+    queries = sample_queries([q for q in every if q.query_id not in held_out], args.queries, seed=args.seed)
     rows, labels, per_query = [], [], []
     for number, query in enumerate(queries, 1):
         ranked, _ = index.verified_candidates(query.image)
@@ -64,11 +71,14 @@ def main() -> None:
         leads.append(scores[best] - rival)
         correct.append(bool(truth[best]))
     confidence = fit_logistic(np.column_stack([top_scores, leads]), np.array(correct))
-    fitted_on = (f"{len(queries)} photos (seed {args.seed}) of {args.bench.name}, index {args.index.name} "
+    fitted_on = (f"{len(queries)} photos (seed {args.seed}, outside eval sample {args.holdout}/seed "
+                 f"{args.holdout_seed}) of {args.bench.name}, index {args.index.name} "
                  f"({index.manifest['encoder']['model'] if index.manifest['encoder'] else 'local features only'}); "
                  f"{int(np.sum(labels))} true of {len(labels)} aligned candidates")
     calibration = Calibration(tuple(float(v) for v in ranking), tuple(float(v) for v in confidence), 0.5, fitted_on)
     args.output.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if args.apply:
+        index.replace_calibration(calibration)
     print(json.dumps(calibration.to_dict(), indent=2))
 
 

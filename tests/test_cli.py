@@ -157,3 +157,81 @@ def test_export_model_makes_a_folder_the_index_accepts(index_dir: Path, tiny_mod
                          "--json", "-k", "1")
     assert code == 0, err  # same weights (by tensor digest) although the files differ
     assert json.loads(out)[0]["matches"][0]["pin_id"] == "pin-002"
+
+
+# ------------------------------------------------------------- local features, --multi
+@pytest.fixture
+def board_catalogue(tmp_path: Path) -> Path:
+    from .test_verify import pin
+
+    root = tmp_path / "pins"
+    for seed in range(6):
+        folder = root / f"pin-{seed:03d}"
+        folder.mkdir(parents=True)
+        pin(seed).save(folder / "front.png")
+    return root
+
+
+def test_local_only_index_from_the_cli(board_catalogue: Path, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from .test_verify import PERSPECTIVE, background, pin, place
+
+    code, out, err = run(capsys, "build-index", board_catalogue, "-o", tmp_path / "idx", "--encoder", "local")
+    assert code == 0, err
+    assert "encoder none (local features only)" in out
+    code, out, _ = run(capsys, "info", tmp_path / "idx")
+    assert code == 0 and "none (local features only)" in out and "descriptors" in out
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(place(background(), pin(4), PERSPECTIVE)).save(photo, quality=92)
+    stranger = tmp_path / "stranger.jpg"
+    Image.fromarray(place(background(seed=5), pin(77), PERSPECTIVE)).save(stranger, quality=92)
+    code, out, _ = run(capsys, "identify", photo, stranger, "-i", tmp_path / "idx", "--json")
+    known, unknown = json.loads(out)
+    assert code == 0
+    assert known["matches"][0]["pin_id"] == "pin-004" and known["unknown"] is False
+    assert unknown["unknown"] is True and unknown["confidence"] < 0.5 and unknown["matches"]
+    code, out, _ = run(capsys, "identify", stranger, "-i", tmp_path / "idx")
+    assert code == 0 and "unknown pin" in out
+    code, _, err = run(capsys, "identify", photo, "-i", tmp_path / "idx", "--no-verify")
+    assert code == 1 and "local features only" in err and err.count("\n") == 1
+
+
+def test_multi_finds_both_pins_and_annotates(board_catalogue: Path, tmp_path: Path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from .test_verify import background, pin, place
+
+    run(capsys, "build-index", board_catalogue, "-o", tmp_path / "idx", "--encoder", "local")
+    left = np.array([[0.7, -0.2, 40.0], [0.2, 0.7, 80.0], [0.0, 0.0, 1.0]])
+    right = np.array([[0.75, 0.1, 420.0], [-0.1, 0.8, 200.0], [0.0002, 0.0, 1.0]])
+    board = tmp_path / "board.png"
+    Image.fromarray(place(place(background(960, 600), pin(1), left), pin(5), right)).save(board)
+    out_png = tmp_path / "annotated.png"
+    code, out, err = run(capsys, "identify", board, "-i", tmp_path / "idx", "--multi", "--annotate", out_png)
+    assert code == 0, err
+    assert "2 pin(s) found" in out and "pin-001" in out and "pin-005" in out
+    annotated = Image.open(out_png)
+    assert annotated.size == (960, 600)
+    original = np.asarray(Image.open(board).convert("RGB")).astype(int)
+    assert (np.abs(np.asarray(annotated.convert("RGB")).astype(int) - original).sum(axis=2) > 0).mean() > 0.005
+    code, out, _ = run(capsys, "identify", board, "-i", tmp_path / "idx", "--multi", "--json")
+    pins = json.loads(out)[0]["pins"]
+    assert sorted(p["pin_id"] for p in pins) == ["pin-001", "pin-005"] and all(len(p["polygon"]) == 4 for p in pins)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--annotate", "x.png"], "--annotate needs --multi"),
+    (["--multi", "--no-verify"], "cannot be combined"),
+])
+def test_multi_option_mistakes_exit_2(board_catalogue: Path, tmp_path: Path, capsys, args, message) -> None:
+    run(capsys, "build-index", board_catalogue, "-o", tmp_path / "idx", "--encoder", "local")
+    code, _, err = run(capsys, "identify", board_catalogue / "pin-000" / "front.png", "-i", tmp_path / "idx", *args)
+    assert code == 2 and message in err
+
+
+def test_local_encoder_refuses_model_options(board_catalogue: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "build-index", board_catalogue, "-o", tmp_path / "idx", "--encoder", "local",
+                       "--model", "ViT-B-32")
+    assert code == 2 and "uses no model" in err and not (tmp_path / "idx").exists()
