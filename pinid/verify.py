@@ -8,8 +8,8 @@ then warped onto the reference pin's box and its colours compared, enamel
 region by enamel region, in Lab: colourways of one design share every
 keypoint and differ only there.
 
-All candidates are matched in one matrix product (torch, so it shares the
-encoder's thread pool), which keeps K=50 within the time budget
+All candidates are matched in one exact FAISS search of their stacked
+descriptors against the photo's, which keeps K=50 within the time budget
 (``scripts/bench_verify.py``).
 """
 
@@ -59,19 +59,19 @@ def _failed(image_id: int, matches: int = 0) -> Verification:
 
 def match_all(query: Features, references: list[Features]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Ratio-test matches (reference rows, query rows) for each reference, one photo feature used once."""
-    import torch
+    import faiss
 
     if len(query) < 2 or not references:
         return [(np.zeros(0, np.int64), np.zeros(0, np.int64)) for _ in references]
     sizes = [len(r) for r in references]
-    stacked = np.concatenate([r.descriptors for r in references]) if sum(sizes) else np.zeros((0, 128), np.uint8)
-    with torch.inference_mode():
-        q = torch.from_numpy(np.ascontiguousarray(query.descriptors)).float()
-        r = torch.from_numpy(np.ascontiguousarray(stacked)).float()
-        distances = (r * r).sum(1, keepdim=True) + (q * q).sum(1)[None, :] - 2.0 * (r @ q.T)
-        best, which = torch.topk(distances, 2, dim=1, largest=False)
-        best = best.clamp_min_(0).sqrt_().numpy()
-        which = which.numpy()
+    if not sum(sizes):
+        return [(np.zeros(0, np.int64), np.zeros(0, np.int64)) for _ in references]
+    stacked = np.concatenate([r.descriptors for r in references]).astype(np.float32)
+    # FAISS's blocked exact search: 3x faster than a full distance matrix and top-k (113 vs 353 ms
+    # for 18,750 x 4,000 descriptors on 2 cores)
+    squared, which = faiss.knn(stacked, np.ascontiguousarray(query.descriptors, dtype=np.float32), 2,
+                               faiss.METRIC_L2)
+    best = np.sqrt(np.maximum(squared, 0.0))
     passed = best[:, 0] < RATIO * best[:, 1]
     result = []
     start = 0
