@@ -627,7 +627,7 @@ def _new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, i
     import cv2
     import faiss
 
-    from .local_features import MAX_REFERENCE_FEATURES
+    from .local_features import DESCRIPTOR_DIMS, MAX_REFERENCE_FEATURES
 
     return {
         "format": FORMAT_NAME,
@@ -639,7 +639,8 @@ def _new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, i
         "vectors": None if encoder is None else {
             "file": VECTORS_FILE, "faiss_index": "IDMap2,Flat", "metric": "inner_product",
             "faiss_version": faiss.__version__},
-        "local_features": {"kind": "RootSIFT, 3 scales + 4 tilts", "max_per_image": MAX_REFERENCE_FEATURES,
+        "local_features": {"kind": f"PCA{DESCRIPTOR_DIMS}-RootSIFT, 3 scales + 4 tilts, light and dark backdrop",
+                           "max_per_image": MAX_REFERENCE_FEATURES,
                            "descriptors": 0, "vocabulary": VOCABULARY_FILE, "opencv_version": cv2.__version__},
         "calibration": default_calibration().to_dict(),
         "catalogue": {"source": str(catalogue.source.resolve())},

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexFormatError
+from .local_features import DESCRIPTOR_DIMS
 
 VOCABULARY_FILE = "local_vocabulary.faiss"
 NEIGHBOURS = 16
@@ -42,14 +43,15 @@ def build_vocabulary(descriptors: np.ndarray, seed: int = 0) -> Any:
     """A FAISS index over all reference descriptors (ids = descriptor rows)."""
     import faiss
 
-    data = np.ascontiguousarray(descriptors, dtype=np.float32)
+    data = np.ascontiguousarray(descriptors, dtype=np.float32).reshape(len(descriptors), DESCRIPTOR_DIMS)
     count = len(data)
     if count <= _EXACT_LIMIT:
-        index = faiss.IndexFlatL2(128)
+        index = faiss.IndexFlatL2(DESCRIPTOR_DIMS)
     else:
         lists = int(min(4 * math.sqrt(count), count // 40))
-        quantiser = faiss.IndexFlatL2(128)
-        index = faiss.IndexIVFScalarQuantizer(quantiser, 128, lists, faiss.ScalarQuantizer.QT_8bit_direct,
+        quantiser = faiss.IndexFlatL2(DESCRIPTOR_DIMS)
+        index = faiss.IndexIVFScalarQuantizer(quantiser, DESCRIPTOR_DIMS, lists,
+                                              faiss.ScalarQuantizer.QT_8bit_direct,
                                               faiss.METRIC_L2)
         sample = data[np.random.default_rng(seed).permutation(count)[:_TRAINING_SAMPLE]]
         index.train(sample)
@@ -72,7 +74,7 @@ def read_vocabulary(path: Path, expected: int) -> Any:
     except RuntimeError as exc:
         raise IndexFormatError(f"{path} is not a readable FAISS index ({str(exc).splitlines()[0]}); "
                                "rebuild the index") from None
-    if index.ntotal != expected or index.d != 128:
+    if index.ntotal != expected or index.d != DESCRIPTOR_DIMS:
         raise IndexFormatError(f"{path} holds {index.ntotal} descriptors, the local store {expected}; "
                                "rebuild the index")
     if hasattr(index, "nprobe"):

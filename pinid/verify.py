@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .local_features import DESCRIPTOR_SCALE, THUMBNAIL_SIDE, Features, ReferenceEntry
+from .local_features import THUMBNAIL_SIDE, Features, ReferenceEntry
 
 RATIO = 0.9  # Lowe's ratio test on reference -> photo matches (0.85 lost a third of correct matches)
 MIN_MATCHES = 5  # ratio-test matches left after the Hough filter
@@ -237,4 +237,4 @@ def verify(query: Features, photo_lab: np.ndarray, candidates: list[tuple[int, R
     return results
 
 
-__all__ = ["Verification", "verify", "match_all", "verify_geometry", "colour_distance", "DESCRIPTOR_SCALE"]
+__all__ = ["Verification", "verify", "match_all", "verify_geometry", "colour_distance"]
