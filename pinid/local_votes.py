@@ -33,7 +33,7 @@ NEIGHBOURS = 16
 BACKGROUND_RANK = 1  # measured on 80 full-benchmark queries: r@10 0.24 (1), 0.21 (4), 0.17 (8)
 PROBES = 16
 _EXACT_LIMIT = 60_000  # descriptors; below this a flat scan is fast and needs no training
-_TRAINING_SAMPLE = 160_000
+_MAX_LISTS = 4096
 _ROTATION_BINS = 8  # 45 degrees
 _SCALE_BINS = 12
 _SCALE_BIN = 1.0  # octaves
@@ -48,12 +48,13 @@ def build_vocabulary(descriptors: np.ndarray, seed: int = 0) -> Any:
     if count <= _EXACT_LIMIT:
         index = faiss.IndexFlatL2(DESCRIPTOR_DIMS)
     else:
-        lists = int(min(4 * math.sqrt(count), count // 40))
+        lists = int(min(4 * math.sqrt(count), count // 40, _MAX_LISTS))
         quantiser = faiss.IndexFlatL2(DESCRIPTOR_DIMS)
         index = faiss.IndexIVFScalarQuantizer(quantiser, DESCRIPTOR_DIMS, lists,
                                               faiss.ScalarQuantizer.QT_8bit_direct,
                                               faiss.METRIC_L2)
-        sample = data[np.random.default_rng(seed).permutation(count)[:_TRAINING_SAMPLE]]
+        # FAISS wants >= 39 training points per list (and says so on stderr otherwise)
+        sample = data[np.random.default_rng(seed).permutation(count)[:40 * lists]]
         index.train(sample)
     if count:
         index.add(data)
