@@ -18,13 +18,14 @@ from PIL import Image
 from .confidence import Calibration, ranking_features
 from .local_features import BOARD_SIDE, QUERY_SIDE, LocalStore, query_features
 from .local_votes import vote
-from .verify import Verification, verify
+from .verify import Verification, colour_distance, verify
 
 if TYPE_CHECKING:
     from .index import Match
 
 DEFAULT_CANDIDATES = 50
 _BOARD_CANDIDATES = 80
+_COLOURWAY_SOURCES = 3  # aligned candidates whose colourways are checked too
 _OVERLAP = 0.3  # polygons overlapping more than this (intersection over the smaller) are one pin
 
 
@@ -77,6 +78,9 @@ class Recogniser:
         self.image_pin_rows = image_pin_rows
         self.designs = designs
         self.calibration = calibration
+        self.design_images: dict[str, list[int]] = {}
+        for image_id, pin_row in image_pin_rows.items():
+            self.design_images.setdefault(designs[pin_row], []).append(image_id)
 
     def candidates(self, image: Image.Image, clip: Sequence[tuple[int, float]] = (), *,
                    limit: int = DEFAULT_CANDIDATES, board: bool = False) -> tuple[list[Candidate], float]:
@@ -100,6 +104,8 @@ class Recogniser:
                 break
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
         checked = verify(features, lab, [(image_id, self.store.entry(image_id)) for image_id in order])
+        checked = self._with_colourways(checked, lab)
+        order += [v.image_id for v in checked[len(order):]]
         scores = self.calibration.rank_score(ranking_features(
             [v.distinct_inliers for v in checked], [v.inlier_ratio for v in checked],
             [v.colour_distance for v in checked], [clip_scores.get(v.image_id, 0.0) for v in checked],
@@ -110,6 +116,37 @@ class Recogniser:
         position = {image_id: i for i, image_id in enumerate(order)}
         result.sort(key=lambda c: (-c.rank_score, position[c.image_id]))
         return result, back
+
+    def _with_colourways(self, checked: list[Verification], lab: np.ndarray) -> list[Verification]:
+        """Give every colourway of an aligned design the same alignment, and its own colour distance.
+
+        Colourways of a design share their shape, but a recoloured pin can show
+        different grey-level contrast and fail geometric verification on its
+        own, or miss the candidate list. On the benchmark, every colourway
+        query whose design was found but whose variant was not had its true
+        variant unaligned. The aligned sibling's homography is carried over
+        (through the two pin boxes, in case the shots are framed differently)
+        and only the colour comparison decides.
+        """
+        by_image = {v.image_id: v for v in checked}
+        aligned = sorted((v for v in checked if v.aligned), key=lambda v: -v.distinct_inliers)
+        extra: list[Verification] = []
+        for source in aligned[:_COLOURWAY_SOURCES]:
+            design = self.designs[self.image_pin_rows[source.image_id]]
+            source_box = self.store.entry(source.image_id).pin_box
+            for sibling in self.design_images.get(design, ()):
+                current = by_image.get(sibling)
+                if current is not None and current.aligned:
+                    continue
+                entry = self.store.entry(sibling)
+                homography = source.homography @ _box_to_box(entry.pin_box, source_box)
+                borrowed = Verification(sibling, source.matches, source.inliers, source.distinct_inliers, homography,
+                                        source.polygon, colour_distance(entry, lab, homography),
+                                        source.query_inliers)
+                by_image[sibling] = borrowed
+                if current is None:
+                    extra.append(borrowed)
+        return [by_image[v.image_id] for v in checked] + extra
 
     def confidence(self, ranked: Sequence[Candidate]) -> float:
         """How sure the best candidate is: its score and its lead over the best rival of another design."""
@@ -142,6 +179,13 @@ class Recogniser:
             if confidence >= threshold and confidence > 0:
                 accepted.append((candidate, confidence, polygon))
         return accepted
+
+
+def _box_to_box(source: tuple[float, float, float, float], target: tuple[float, float, float, float]) -> np.ndarray:
+    """The scale-and-shift map taking one pin box onto another (3 x 3)."""
+    sx = (target[2] - target[0]) / max(source[2] - source[0], 1e-6)
+    sy = (target[3] - target[1]) / max(source[3] - source[1], 1e-6)
+    return np.array([[sx, 0.0, target[0] - sx * source[0]], [0.0, sy, target[1] - sy * source[1]], [0.0, 0.0, 1.0]])
 
 
 def _interleave(first: Sequence[int], second: Sequence[int]) -> list[int]:

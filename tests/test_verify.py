@@ -44,6 +44,15 @@ def recolour(image: Image.Image, degrees: float) -> Image.Image:
     return Image.fromarray(out)
 
 
+def recolour_hsv(image: Image.Image, degrees: float) -> Image.Image:
+    """A colourway made by rotating hues in HSV: lightness changes too, so keypoints differ."""
+    hsv = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2HSV_FULL).astype(np.int32)
+    hsv[..., 0] = (hsv[..., 0] + round(degrees * 256 / 360)) % 256
+    out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB_FULL)
+    out[:24] = out[-24:] = out[:, :24] = out[:, -24:] = (236, 236, 232)
+    return Image.fromarray(out)
+
+
 def background(width: int = 720, height: int = 540, seed: int = 99) -> np.ndarray:
     """A blurred random texture, so photos have keypoints that belong to no pin."""
     noise = np.random.default_rng(seed).integers(0, 256, (height // 8, width // 8, 3)).astype(np.uint8)
@@ -141,6 +150,9 @@ def local_index(tmp_path_factory: pytest.TempPathFactory) -> PinIndex:
     (root / "pin-002-teal").mkdir()
     recolour(pin(2), 150).save(root / "pin-002-teal" / "front.png")
     (root / "pin-002-teal" / "pin.json").write_text(json.dumps({"name": "Pin 2 (teal)", "design": "d2"}))
+    (root / "pin-003-neon").mkdir()
+    recolour_hsv(pin(3), 150).save(root / "pin-003-neon" / "front.png")
+    (root / "pin-003-neon" / "pin.json").write_text(json.dumps({"name": "Pin 3 (neon)", "design": "d3"}))
     return PinIndex.build(read_catalogue(root), tmp_path_factory.mktemp("idx") / "idx", None)
 
 
@@ -170,6 +182,18 @@ def test_recoloured_variant_is_told_apart(local_index: PinIndex) -> None:
         # both colourways align; colour decides
         assert {m.pin_id for m in matches} == {"pin-002", "pin-002-teal"}
         assert matches[0].colour_distance + 10 < matches[1].colour_distance
+
+
+def test_colourway_that_fails_geometry_on_its_own_is_still_compared_by_colour(local_index: PinIndex) -> None:
+    # an HSV hue rotation changes lightness too: the photo of one colourway shares few keypoints
+    # with the other's shot, so the other is aligned through its sibling and judged by colour alone
+    for reference, expected, other in ((pin(3), "pin-003", "pin-003-neon"),
+                                       (recolour_hsv(pin(3), 150), "pin-003-neon", "pin-003")):
+        photo = Image.fromarray(place(background(seed=11), reference, PERSPECTIVE))
+        matches = {m.pin_id: m for m in local_index.identify(photo, k=4).matches}
+        assert next(iter(matches)) == expected
+        assert matches[other].colour_distance is not None
+        assert matches[expected].colour_distance + 10 < matches[other].colour_distance
 
 
 def test_unrelated_photo_is_unknown_but_lists_candidates(local_index: PinIndex) -> None:
