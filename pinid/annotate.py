@@ -9,6 +9,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from ._atomic import write_file_atomically
+from .confidence import percent
 from .errors import InputError
 from .images import ImageSource, load_image
 from .recognise import Found
@@ -28,7 +29,7 @@ def annotate(photo: ImageSource, found: Sequence[Found]) -> Image.Image:
         points = [tuple(map(float, p)) for p in item.polygon]
         draw.line(points + [points[0]], fill=colour, width=line, joint="curve")
         name = item.match.name if item.match.name == item.match.pin_id else f"{item.match.name} ({item.match.pin_id})"
-        label = f"{name} {item.confidence:.0%}"
+        label = f"{name} {percent(item.confidence)}"
         x, y = min(p[0] for p in points), min(p[1] for p in points)
         box = draw.textbbox((0, 0), label, font=font)
         width, height = box[2] - box[0] + 2 * line, box[3] - box[1] + 2 * line

@@ -381,6 +381,7 @@ def export_model(model: str, pretrained: str | None, output: Path) -> None:
 
 
 def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotate_path: Path | None) -> None:
+    from .confidence import percent
     from .errors import ImageError
 
     answers, failed = [], []
@@ -401,7 +402,7 @@ def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotat
             click.echo(f"{photo}: {len(found)} pin(s) found")
             for item in found:
                 corners = " ".join(f"{x:.0f},{y:.0f}" for x, y in item.polygon)
-                click.echo(f"  {item.confidence:5.0%}  {item.match.pin_id}  {item.match.name}  [{corners}]")
+                click.echo(f"  {percent(item.confidence):>5}  {item.match.pin_id}  {item.match.name}  [{corners}]")
     if annotate_path is not None and answers[0][1] is not None:
         from .annotate import write_annotated
 
@@ -414,6 +415,8 @@ def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotat
 
 
 def _print_table(result: Any) -> None:
+    from .confidence import percent
+
     click.echo(result.query)
     if result.error:
         click.echo("  (could not be read)")
@@ -421,10 +424,10 @@ def _print_table(result: Any) -> None:
     if result.confidence is not None:
         if result.unknown:
             click.echo(f"  unknown pin: not in the catalogue as far as pinid can tell (confidence "
-                       f"{result.confidence:.0%}); nearest candidates:")
+                       f"{percent(result.confidence)}); nearest candidates:")
         else:
             best = result.matches[0]
-            click.echo(f"  {best.name} ({best.pin_id}), confidence {result.confidence:.0%}")
+            click.echo(f"  {best.name} ({best.pin_id}), confidence {percent(result.confidence)}")
     width = max([len(m.pin_id) for m in result.matches] + [6])
     verified = result.confidence is not None
     click.echo(f"  {'rank':>4}  {'pin id':<{width}}  {'score':>6}  " + ("inliers  colour  " if verified else "")

@@ -71,6 +71,15 @@ class Calibration:
         return float(1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, value)))))
 
 
+def percent(confidence: float) -> str:
+    """A confidence for people: never "100%" or "0%", which a calibrated probability cannot promise."""
+    if confidence >= 0.995:
+        return ">99%"
+    if confidence < 0.005:
+        return "<1%"
+    return f"{confidence:.0%}"
+
+
 def ranking_features(distinct_inliers: Sequence[float], inlier_ratio: Sequence[float],
                      colour_distance: Sequence[float], clip_score: Sequence[float], aligned: Sequence[bool]
                      ) -> np.ndarray:
