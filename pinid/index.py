@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
+from PIL import Image
 
 from . import __version__
 from ._atomic import replace_directory_atomically, write_file_atomically
@@ -304,33 +305,39 @@ class PinIndex:
         """
         if not verify:
             return self._identify_by_clip(images, k, batch_size, on_progress)
-        clip: dict[int, list[tuple[int, float]]] = {}
-        errors: dict[int, str] = {}
-        if self.encoder is not None:
-            encoded = self.encoder.encode_images(images, batch_size=batch_size)
-            errors.update(encoded.failures)
-            if len(encoded.ok):
-                scores, ids = self._require_searcher().search(encoded.vectors, min(candidates, len(self._table.image_ids)))
-                for position, score_row, id_row in zip(encoded.ok, scores, ids):
-                    clip[position] = [(int(i), float(s)) for i, s in zip(id_row, score_row) if i >= 0]
         results = []
-        for position, source in enumerate(images):
-            name = _query_name(source)
-            if position not in errors:
+        for start in range(0, len(images), batch_size):  # each photo is decoded once, a batch at a time
+            chunk = images[start:start + batch_size]
+            photos: list[Image.Image | str] = []
+            for source in chunk:
                 try:
-                    photo = load_image(source)
+                    photos.append(load_image(source))
                 except ImageError as exc:
-                    errors[position] = str(exc)
-            if position in errors:
-                results.append(Identification(name, [], errors[position]))
-            else:
-                ranked, back = self._recogniser.candidates(photo, clip.get(position, []), limit=candidates)
-                confidence = self._recogniser.confidence(ranked)
-                results.append(Identification(name, self._verified_matches(ranked, k, back), None, confidence,
-                                              confidence < self.calibration.threshold))
-            if on_progress is not None:
-                on_progress(1)
+                    photos.append(str(exc))
+            readable = [photo for photo in photos if not isinstance(photo, str)]
+            clip = iter(self._clip_candidates(readable, candidates))
+            for source, photo in zip(chunk, photos):
+                if isinstance(photo, str):
+                    results.append(Identification(_query_name(source), [], photo))
+                else:
+                    ranked, back = self._recogniser.candidates(photo, next(clip), limit=candidates)
+                    confidence = self._recogniser.confidence(ranked)
+                    results.append(Identification(_query_name(source), self._verified_matches(ranked, k, back),
+                                                  None, confidence, confidence < self.calibration.threshold))
+                if on_progress is not None:
+                    on_progress(1)
         return results
+
+    def _clip_candidates(self, photos: list[Image.Image], candidates: int) -> list[list[tuple[int, float]]]:
+        """(image id, cosine) of the CLIP top list per decoded photo; empty lists without an encoder."""
+        if self.encoder is None or not photos:
+            return [[] for _ in photos]
+        encoded = self.encoder.encode_images(photos, batch_size=len(photos))
+        scores, ids = self._require_searcher().search(encoded.vectors, min(candidates, len(self._table.image_ids)))
+        found: dict[int, list[tuple[int, float]]] = {
+            position: [(int(i), float(v)) for i, v in zip(id_row, score_row) if i >= 0]
+            for position, score_row, id_row in zip(encoded.ok, scores, ids)}
+        return [found.get(position, []) for position in range(len(photos))]
 
     def verified_candidates(self, image: ImageSource, *, candidates: int = DEFAULT_CANDIDATES
                             ) -> tuple[list[Candidate], float]:
@@ -339,11 +346,7 @@ class PinIndex:
         Returns the candidates best first and the factor from their polygons' pixels to the photo's.
         """
         photo = load_image(image)
-        clip: list[tuple[int, float]] = []
-        if self.encoder is not None:
-            encoded = self.encoder.encode_images([photo], batch_size=1, workers=1)
-            scores, ids = self._require_searcher().search(encoded.vectors, min(candidates, len(self._table.image_ids)))
-            clip = [(int(i), float(v)) for i, v in zip(ids[0], scores[0]) if i >= 0]
+        clip = self._clip_candidates([photo], candidates)[0]
         return self._recogniser.candidates(photo, clip, limit=candidates)
 
     def pin_of(self, candidate: Candidate) -> str:

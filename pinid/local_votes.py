@@ -88,12 +88,12 @@ def read_vocabulary(path: Path, expected: int) -> Any:
     return index
 
 
-def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypoints: np.ndarray | None = None,
-         reference_keypoints: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypoints: np.ndarray,
+         reference_keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(image ids, votes) for every image that got a vote, best first.
 
-    With keypoints (n, 4: x, y, size, angle) for the query and for every
-    reference row, votes are checked for weak geometric consistency (Jegou et
+    Keypoints (n, 4: x, y, size, angle) of the query and of every reference
+    row let votes be checked for weak geometric consistency (Jegou et
     al. 2008): the votes for an image count only within its most popular bin of
     rotation and scale change, since a pin seen in a photo turns and scales as
     one piece while chance neighbours scatter.
@@ -116,23 +116,17 @@ def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypo
     weights = np.clip(1.0 - distances / np.maximum(background, 1e-6), 0.0, 1.0) * first
     chosen = first & (weights > 0)
     chosen_images, chosen_weights = images[chosen], weights[chosen]
-    if query_keypoints is not None and reference_keypoints is not None and chosen.any():
-        query_rows = np.nonzero(chosen)[0]
-        reference = np.asarray(reference_keypoints[rows[chosen]], dtype=np.float32)
-        query = query_keypoints[query_rows]
-        turn = ((query[:, 3] - reference[:, 3]) % 360.0 // (360.0 / _ROTATION_BINS)).astype(np.int64)
-        scale = np.clip(np.floor(np.log2(np.maximum(query[:, 2], 1e-3) / np.maximum(reference[:, 2], 1e-3))
-                                 / _SCALE_BIN) + _SCALE_BINS // 2, 0, _SCALE_BINS - 1).astype(np.int64)
-        keys = (chosen_images * _ROTATION_BINS + turn) * _SCALE_BINS + scale
-        unique_keys, inverse = np.unique(keys, return_inverse=True)
-        bin_totals = np.bincount(inverse, weights=chosen_weights)
-        bin_images = unique_keys // (_ROTATION_BINS * _SCALE_BINS)
-        unique_images, image_of_bin = np.unique(bin_images, return_inverse=True)
-        totals = np.zeros(len(unique_images))
-        np.maximum.at(totals, image_of_bin, bin_totals)
-        totals = totals.astype(np.float32)
-    else:
-        unique_images, inverse = np.unique(chosen_images, return_inverse=True)
-        totals = np.bincount(inverse, weights=chosen_weights, minlength=len(unique_images)).astype(np.float32)
+    reference = np.asarray(reference_keypoints[rows[chosen]], dtype=np.float32).reshape(-1, 4)
+    query = query_keypoints[np.nonzero(chosen)[0]]
+    turn = ((query[:, 3] - reference[:, 3]) % 360.0 // (360.0 / _ROTATION_BINS)).astype(np.int64)
+    scale = np.clip(np.floor(np.log2(np.maximum(query[:, 2], 1e-3) / np.maximum(reference[:, 2], 1e-3))
+                             / _SCALE_BIN) + _SCALE_BINS // 2, 0, _SCALE_BINS - 1).astype(np.int64)
+    keys = (chosen_images * _ROTATION_BINS + turn) * _SCALE_BINS + scale
+    unique_keys, inverse = np.unique(keys, return_inverse=True)
+    bin_totals = np.bincount(inverse, weights=chosen_weights)
+    unique_images, image_of_bin = np.unique(unique_keys // (_ROTATION_BINS * _SCALE_BINS), return_inverse=True)
+    totals = np.zeros(len(unique_images))
+    np.maximum.at(totals, image_of_bin, bin_totals)
+    totals = totals.astype(np.float32)
     ranking = np.argsort(-totals, kind="stable")
     return unique_images[ranking], totals[ranking]
