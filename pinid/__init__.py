@@ -13,19 +13,19 @@ The whole public API fits on one screen::
         print(found.match.pin_id, found.confidence, found.polygon)
 
 ``pinid build-index --encoder local`` (``PinIndex.build(..., encoder=None)``)
-makes an index that needs no model weights at all.
+makes an index that needs no model weights at all. Importing pinid loads no
+model and does no work; torch, FAISS and OpenCV are imported when first used.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .catalogue import Catalogue, PinRecord, read_catalogue
 from .encoder import Encoder, EncoderSpec
 from .errors import PinidError
 from .images import load_image
-from .index import Identification, Match, PinIndex
-from .recognise import Found
+from .index import PinIndex
+from .results import Found, Identification, Match
 
 __all__ = [
     "Catalogue",

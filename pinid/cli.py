@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .errors import PinidError
 
 EXIT_IMAGE_ERROR = 3
@@ -80,7 +80,7 @@ def build_index(catalogue: Path, output: Path, encoder_kind: str, model: str | N
         spec = _requested_spec(model, pretrained)
         encoder = Encoder.load(spec, device=device, offline=offline)
         if cache_dir is not None:
-            from .embedding_cache import EmbeddingCache
+            from .encoder.cache import EmbeddingCache
 
             cache = EmbeddingCache.open(cache_dir, encoder.identity(), reset=reset_cache)
     with _stages(quiet) as update:
@@ -143,9 +143,9 @@ def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, m
         raise InputError("--multi finds pins by verification; it cannot be combined with --no-verify")
     encoder: Any = "manifest"
     if model or pretrained:
-        from .index import read_manifest
+        from .index.format import read_manifest
 
-        recorded = read_manifest(index_dir)["encoder"]
+        recorded = read_manifest(index_dir).encoder
         if recorded is None:
             raise InputError(f"index {index_dir} has local features only: --model/--pretrained do not apply")
         encoder = Encoder.load(EncoderSpec(model or recorded["model"], pretrained), device=device, offline=offline)
@@ -166,7 +166,7 @@ def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, m
             _print_table(result)
     failed = [r for r in results if r.error]
     for result in failed:
-        click.echo(f"pinid: error: {result.error}", err=True)
+        click.echo(f"pinid: error: {result.query}: {result.error}", err=True)
     if failed:
         sys.exit(EXIT_IMAGE_ERROR)
 
@@ -237,7 +237,7 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
                      offline: bool | None, threads: int | None, quiet: bool) -> None:
     """Score an index on ground truth: recall@k, MRR, colourways, open set, latency, boards."""
     from .errors import InputError
-    from .evaluate import EvaluationReport, evaluate, metrics_markdown, read_queries, sample_queries
+    from .evaluation.run import EvaluationReport, evaluate, metrics_markdown, read_queries, sample_queries
     from .index import PinIndex
 
     _set_threads(threads)
@@ -253,7 +253,7 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
             report = evaluate(index, queries, batch_size=batch_size, threshold=threshold, verify=not no_verify,
                               latency_samples=latency_samples, on_progress=advance)
     if boards_path is not None:
-        from .evaluate_boards import evaluate_boards, read_boards
+        from .evaluation.boards import evaluate_boards, read_boards
 
         boards = read_boards(boards_path, sample=sample, seed=seed)
         with _progress(len(boards), "boards", quiet) as advance:
@@ -268,7 +268,7 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
         if "boards" in report.metrics:
             click.echo(_boards_markdown(report.metrics["boards"]))
     if failures_dir and queries:
-        from .contact_sheet import failed_outcomes, write_failure_sheets
+        from .evaluation.contact_sheet import failed_outcomes, write_failure_sheets
 
         used_threshold = report.metrics["open_set"]["at_threshold"]
         failed = failed_outcomes(report.outcomes, used_threshold["threshold"] if used_threshold else None)
@@ -305,8 +305,8 @@ def dedup_command(listings: Path, output: Path | None, mode: str, threshold: flo
                   model: str | None, pretrained: str | None, batch_size: int, device: str, offline: bool | None,
                   threads: int | None, quiet: bool) -> None:
     """Group duplicate LISTINGS (folder, or CSV/JSONL with listing_id,image): one row per listing."""
-    from .dedup import ROW_FIELDS, DedupOptions, EmbedOptions, dedup, read_listings, write_rows
-    from .embedding_cache import EmbeddingCache
+    from .dedup import ROW_FIELDS, DedupOptions, dedup, read_listings, write_rows
+    from .encoder.cache import EmbedOptions, EmbeddingCache
     from .encoder import Encoder
 
     _set_threads(threads)
@@ -316,7 +316,7 @@ def dedup_command(listings: Path, output: Path | None, mode: str, threshold: flo
     cache_dir = cache_dir or (output.parent if output else listings.parent) / "pinid-dedup-cache"
     with _stages(quiet) as on_progress:
         if index_dir is not None:
-            from .dedup_against import AGAINST_FIELDS, match_against
+            from .dedup import AGAINST_FIELDS, match_against
             from .index import PinIndex
 
             index = PinIndex.load(index_dir, device=device, offline=offline)
@@ -381,7 +381,7 @@ def export_model(model: str, pretrained: str | None, output: Path) -> None:
 
 
 def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotate_path: Path | None) -> None:
-    from .confidence import percent
+    from .identify.confidence import percent
     from .errors import ImageError
 
     answers, failed = [], []
@@ -404,7 +404,7 @@ def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotat
                 corners = " ".join(f"{x:.0f},{y:.0f}" for x, y in item.polygon)
                 click.echo(f"  {percent(item.confidence):>5}  {item.match.pin_id}  {item.match.name}  [{corners}]")
     if annotate_path is not None and answers[0][1] is not None:
-        from .annotate import write_annotated
+        from .identify.annotate import write_annotated
 
         write_annotated(photos[0], answers[0][1], annotate_path)
         click.echo(f"Wrote {annotate_path}", err=True)
@@ -415,7 +415,7 @@ def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotat
 
 
 def _print_table(result: Any) -> None:
-    from .confidence import percent
+    from .identify.confidence import percent
 
     click.echo(result.query)
     if result.error:
@@ -458,7 +458,7 @@ def _describe_preprocess(preprocess: dict[str, Any]) -> str:
 
 def _requested_spec(model: str | None, pretrained: str | None) -> Any:
     """The default model comes with its default weights; a model named without a tag gets none."""
-    from .encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, EncoderSpec
+    from .encoder.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, EncoderSpec
 
     return EncoderSpec(model or DEFAULT_MODEL, pretrained if pretrained is not None or model else DEFAULT_PRETRAINED)
 

@@ -19,10 +19,27 @@ class InputError(PinidError):
     exit_code = 2
 
 
+class LocalOnlyError(InputError):
+    """CLIP search (``--no-verify``, ``dedup --against``, ``--model``) was asked of an index built with
+    local features only (``--encoder local``)."""
+
+
 class ImageError(PinidError):
-    """An image file cannot be decoded (corrupt, truncated, not an image, too large)."""
+    """An image file cannot be decoded (corrupt, truncated, not an image, too large).
+
+    ``path`` names the image as the user gave it and ``reason`` says why in a
+    few words, so callers can list skipped files without parsing the message.
+    """
 
     exit_code = 3
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]  # keep it picklable for process pools
+        return (type(self), (self.path, self.reason))
 
 
 class CatalogueError(PinidError):

@@ -39,17 +39,17 @@ def load_image(source: ImageSource, *, min_side: int | None = None) -> Image.Ima
     try:
         opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except FileNotFoundError:
-        raise ImageError(f"{name}: file not found") from None
+        raise ImageError(name, "file not found") from None
     except IsADirectoryError:
-        raise ImageError(f"{name}: is a directory, not an image") from None
+        raise ImageError(name, "is a directory, not an image") from None
     except PermissionError:
-        raise ImageError(f"{name}: permission denied") from None
+        raise ImageError(name, "permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image or an unsupported format") from None
+        raise ImageError(name, "not an image or an unsupported format") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: refused, too many pixels ({exc})") from None
+        raise ImageError(name, f"refused, too many pixels ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{name}: cannot be read ({exc})") from None
+        raise ImageError(name, f"cannot be read ({exc})") from None
     with opened as image:
         if min_side and image.format == "JPEG":
             _draft(image, min_side)
@@ -71,9 +71,9 @@ def _normalise(image: Image.Image, name: str) -> Image.Image:
         upright = ImageOps.exif_transpose(image)
         return _to_rgb(upright)
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: refused, too many pixels ({exc})") from None
+        raise ImageError(name, f"refused, too many pixels ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
+        raise ImageError(name, f"corrupt or truncated image ({exc})") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -115,3 +115,16 @@ def _describe(source: ImageSource) -> str:
     if isinstance(source, bytes):
         return "<image bytes>"
     return "<image>"
+
+
+def working_copy(image: Image.Image, side: int) -> tuple[Image.Image, float]:
+    """The image at a bounded long side, and the factor from its pixels back to the original's.
+
+    The one long-side reduction pinid uses: photos for local features,
+    reference images before feature extraction, thumbnails.
+    """
+    scale = min(1.0, side / max(image.size))
+    if scale >= 1.0:
+        return image, 1.0
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BILINEAR, reducing_gap=2.0), image.width / size[0]

@@ -29,9 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pinid.dedup import DedupOptions, Embedded, Listing, find_groups  # noqa: E402
-from pinid.dedup_metrics import pairwise_scores  # noqa: E402
-from pinid.embedding_cache import EmbeddingCache  # noqa: E402
+from pinid.dedup import DedupOptions, Listing, find_groups  # noqa: E402
+from pinid.encoder.cache import Embedded  # noqa: E402
+from pinid.dedup.metrics import pairwise_scores  # noqa: E402
+from pinid.encoder.cache import EmbeddingCache  # noqa: E402
 from pinid.phash import WINDOWS  # noqa: E402
 
 

@@ -37,10 +37,10 @@ def main() -> None:
 
     from pinid.images import load_image
     from pinid.index import PinIndex
-    from pinid.local_features import QUERY_SIDE, query_features
-    from pinid.local_votes import vote
-    from pinid.recognise import working_copy
-    from pinid.verify import verify
+    from pinid.images import working_copy
+    from pinid.local.features import QUERY_SIDE, query_features
+    from pinid.local.verify import verify
+    from pinid.local.vote import vote
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -72,8 +72,8 @@ def main() -> None:
         times["total"].append(total)
         aligned.append(sum(r.aligned for r in results))
     print(f"{len(photos)} photos, K = {args.candidates} candidates, {args.threads} threads, "
-          f"index {args.index} ({index.manifest['counts']['images']} reference images, "
-          f"{index.manifest['local_features']['descriptors']} descriptors); "
+          f"index {args.index} ({index.manifest.images} reference images, "
+          f"{index.manifest.descriptors} descriptors); "
           f"mean {np.mean(aligned):.1f} candidates aligned per photo\n")
     print("| stage | p50 ms | p95 ms | mean ms |")
     print("| --- | ---: | ---: | ---: |")

@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pinid.dedup import DedupOptions, embed_listings, find_groups, group_stats, read_listings  # noqa: E402
-from pinid.dedup_metrics import pairwise_scores  # noqa: E402
-from pinid.embedding_cache import EmbeddingCache  # noqa: E402
+from pinid.dedup import DedupOptions, find_groups, group_stats, read_listings  # noqa: E402
+from pinid.encoder.cache import embed_files  # noqa: E402
+from pinid.dedup.metrics import pairwise_scores  # noqa: E402
+from pinid.encoder.cache import EmbeddingCache  # noqa: E402
 from pinid.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, Encoder, EncoderSpec, save_local_dir  # noqa: E402
 
 #: The same tiny architecture the tests use (tests/conftest.py), with random weights.
@@ -66,7 +67,7 @@ def main() -> None:
             encoder = Encoder.load(spec)
         cache = EmbeddingCache.open(args.cache or Path(scratch) / "cache", encoder.identity())
         started = time.perf_counter()
-        embedded = embed_listings(listings, encoder, cache)
+        embedded = embed_files([listing.image for listing in listings], encoder, cache)
         embed_seconds = time.perf_counter() - started
         results = []
         for label, mode, threshold, column in SETTINGS:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pinid.confidence import Calibration, fit_logistic, ranking_features
-from pinid.evaluate import read_queries, sample_queries
+from pinid.identify.confidence import Calibration, fit_logistic, ranking_features
+from pinid.evaluation.run import read_queries, sample_queries
 from pinid.index import PinIndex
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     confidence = fit_logistic(np.column_stack([top_scores, leads]), np.array(correct))
     fitted_on = (f"{len(queries)} photos (seed {args.seed}, outside eval sample {args.holdout}/seed "
                  f"{args.holdout_seed}) of {args.bench.name}, index {args.index.name} "
-                 f"({index.manifest['encoder']['model'] if index.manifest['encoder'] else 'local features only'}); "
+                 f"({index.manifest.encoder['model'] if index.manifest.encoder else 'local features only'}); "
                  f"{int(np.sum(labels))} true of {len(labels)} aligned candidates")
     calibration = Calibration(tuple(float(v) for v in ranking), tuple(float(v) for v in confidence), 0.5, fitted_on)
     args.output.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -28,7 +28,7 @@ def main() -> None:
     import cv2
 
     from pinid.images import load_image
-    from pinid.local_features import _on_dark_backdrop, _sift, _views, root_sift
+    from pinid.local.features import _on_dark_backdrop, _sift, _views, root_sift
 
     samples = []
     for path in sorted(args.catalogue.glob("*/*.png")):

@@ -8,7 +8,7 @@ import pytest
 from pinid.catalogue import read_catalogue
 from pinid.errors import CatalogueError, InputError
 
-from .conftest import draw_pin_image
+from tests.support import draw_pin_image
 
 
 def test_folder_catalogue_reads_names_metadata_and_images(make_catalogue) -> None:

@@ -10,19 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pinid.cli import main
 
-from .conftest import corrupt_files
+from tests.support import corrupt_files, run
 
 
-def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -162,7 +153,7 @@ def test_export_model_makes_a_folder_the_index_accepts(index_dir: Path, tiny_mod
 # ------------------------------------------------------------- local features, --multi
 @pytest.fixture
 def board_catalogue(tmp_path: Path) -> Path:
-    from .test_verify import pin
+    from tests.support import pin
 
     root = tmp_path / "pins"
     for seed in range(6):
@@ -175,7 +166,7 @@ def board_catalogue(tmp_path: Path) -> Path:
 def test_local_only_index_from_the_cli(board_catalogue: Path, tmp_path: Path, capsys) -> None:
     from PIL import Image
 
-    from .test_verify import PERSPECTIVE, background, pin, place
+    from tests.support import PERSPECTIVE, background, pin, place
 
     code, out, err = run(capsys, "build-index", board_catalogue, "-o", tmp_path / "idx", "--encoder", "local")
     assert code == 0, err
@@ -194,14 +185,14 @@ def test_local_only_index_from_the_cli(board_catalogue: Path, tmp_path: Path, ca
     code, out, _ = run(capsys, "identify", stranger, "-i", tmp_path / "idx")
     assert code == 0 and "unknown pin" in out
     code, _, err = run(capsys, "identify", photo, "-i", tmp_path / "idx", "--no-verify")
-    assert code == 1 and "local features only" in err and err.count("\n") == 1
+    assert code == 2 and "local features only" in err and err.count("\n") == 1
 
 
 def test_multi_finds_both_pins_and_annotates(board_catalogue: Path, tmp_path: Path, capsys) -> None:
     import numpy as np
     from PIL import Image
 
-    from .test_verify import background, pin, place
+    from tests.support import background, pin, place
 
     run(capsys, "build-index", board_catalogue, "-o", tmp_path / "idx", "--encoder", "local")
     left = np.array([[0.7, -0.2, 40.0], [0.2, 0.7, 80.0], [0.0, 0.0, 1.0]])

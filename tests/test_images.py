@@ -10,7 +10,7 @@ from PIL import Image
 from pinid.errors import ImageError
 from pinid.images import load_image
 
-from .conftest import corrupt_files, draw_pin_image
+from tests.support import corrupt_files, draw_pin_image
 
 
 def _save(image: Image.Image, path: Path, **params) -> Path:

@@ -1,0 +1,128 @@
+"""The daily check: which new listings are new, and which duplicate something already held.
+
+``pinid dedup --against INDEX_DIR NEW_LISTINGS`` matches each new listing to
+its nearest image in an existing index (a pin catalogue, or previous listings
+indexed with ``pinid build-index``) and applies the same rules as grouping:
+same file, same photo (photo hash of the matched reference image), same pin
+(cosine, or the verifier when one is plugged in).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..encoder.cache import EmbeddingCache, EmbedOptions, Progress, embed_files, prepare, sha256_or_reason
+from ..index import PinIndex
+from ..phash import photo_distance
+from ..results import Match
+from .group import DedupOptions
+from .listings import Listing
+from .photo_match import PhotoConfirmer
+from .rows import ResultRow
+
+AGAINST_FIELDS = ["listing_id", "image", "status", "reason", "match_pin_id", "match_image", "score",
+                  "phash_distance", "error"]
+
+
+@dataclass(frozen=True)
+class AgainstRow(ResultRow):
+    """A new listing's verdict: ``new``, ``duplicate`` (of ``match_*``, because ``reason``) or ``unreadable``."""
+
+    listing_id: str
+    image: str
+    status: str
+    reason: str
+    match_pin_id: str
+    match_image: str
+    score: float | None
+    phash_distance: int | None
+    error: str = ""
+
+
+@dataclass
+class AgainstReport:
+    rows: list[AgainstRow]
+    encoded: int
+    cached: int
+    seconds: float = 0.0
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        s = self.stats
+        return (f"{s['listings']} new listings: {s['duplicate']} duplicates, {s['new']} new, "
+                f"{s['unreadable']} unreadable; encoded {self.encoded}, from cache {self.cached}; "
+                f"{self.seconds:.1f} s")
+
+
+def match_against(index: PinIndex, listings: Sequence[Listing], cache: EmbeddingCache,
+                  options: DedupOptions = DedupOptions(), embed_options: EmbedOptions = EmbedOptions(),
+                  on_progress: Progress | None = None) -> AgainstReport:
+    """Match ``listings`` against ``index`` (loaded with its encoder); one row per listing."""
+    started = time.perf_counter()
+    encoder = index.encoder
+    if encoder is None:
+        raise ValueError("the index must be loaded with its encoder")
+    embedded = embed_files([listing.image for listing in listings], encoder, cache, embed_options, on_progress)
+    best = [matches[0] if matches else None for matches in index.search(embedded.vectors, k=1)]
+    references = _ReferenceHashes(int(getattr(encoder, "image_size", 224)))
+    confirm = PhotoConfirmer()
+    rows: list[AgainstRow] = []
+    for position, listing in enumerate(listings):
+        row = int(embedded.content_of[position])
+        if row < 0:
+            rows.append(AgainstRow(listing.listing_id, str(listing.image), "unreadable", "", "", "", None, None,
+                                   embedded.failures.get(position, "unreadable")))
+            continue
+        match = best[row]
+        if match is None:
+            rows.append(AgainstRow(listing.listing_id, str(listing.image), "new", "", "", "", None, None))
+            continue
+        digest, hashes = references.get(Path(match.reference_image))
+        distance = None if hashes is None else int(photo_distance(embedded.hashes[row], hashes)[0])
+        same_hash = distance is not None and distance <= options.phash_distance
+        if same_hash and options.confirm_photos and match.score < options.photo_threshold:
+            same_hash = confirm(("listing", row), listing.image, ("reference", match.reference_image),
+                                Path(match.reference_image))
+        reason = _reason(options, listing, match, embedded.digests[row] == digest, same_hash)
+        rows.append(AgainstRow(listing.listing_id, str(listing.image), "duplicate" if reason else "new", reason,
+                               match.pin_id, match.reference_image, float(match.score), distance))
+    stats = {"listings": len(rows), **{s: sum(1 for r in rows if r.status == s)
+                                       for s in ("duplicate", "new", "unreadable")}}
+    return AgainstReport(rows, embedded.encoded, embedded.cached, time.perf_counter() - started, stats)
+
+
+def _reason(options: DedupOptions, listing: Listing, match: Match, same_file: bool, same_hash: bool) -> str:
+    if same_file:
+        return "exact_file"
+    if same_hash or match.score >= options.photo_threshold:
+        return "same_photo"
+    if options.mode == "pin":
+        if options.verifier is None:
+            return "same_pin" if match.score >= options.pin_threshold else ""
+        other = Listing(match.pin_id, Path(match.reference_image))
+        if match.score >= options.verify_floor and options.verifier(listing, other, float(match.score)):
+            return "same_pin"
+    return ""
+
+
+class _ReferenceHashes:
+    """sha256 and photo hashes of reference images, each read once (many listings share one)."""
+
+    def __init__(self, image_size: int) -> None:
+        self._image_size = image_size
+        self._known: dict[Path, tuple[bytes | None, np.ndarray | None]] = {}
+
+    def get(self, path: Path) -> tuple[bytes | None, np.ndarray | None]:
+        if path not in self._known:
+            digest = sha256_or_reason(path)
+            if isinstance(digest, str):  # moved or unreadable: decide by embedding alone
+                self._known[path] = (None, None)
+            else:
+                prepared = prepare(path, digest, self._image_size)
+                self._known[path] = (digest, None if isinstance(prepared, str) else prepared[1])
+        return self._known[path]

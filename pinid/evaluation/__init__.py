@@ -1,0 +1,1 @@
+"""Scoring an index on ground truth: queries, metrics, the run itself, boards, reports and contact sheets."""

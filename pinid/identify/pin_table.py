@@ -1,0 +1,52 @@
+"""The in-memory map from image ids to pins that answers are written from.
+
+Read once from the index's SQLite table (``pinid.index.storage``) so that
+search and identification never wait on SQLite. Metadata is parsed at load
+time: a damaged row is an ``IndexFormatError`` there, not a traceback later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PinRow:
+    """One pin as the index holds it."""
+
+    pin_id: str
+    name: str
+    metadata: dict[str, Any]
+
+    @property
+    def design(self) -> str:
+        """The design a colourway belongs to (catalogue metadata ``design``), else the pin itself."""
+        design = self.metadata.get("design")
+        return str(design) if design else self.pin_id
+
+
+@dataclass
+class PinTable:
+    """Image ids (sorted) with the pin row of each, the pins, and each image's recorded path."""
+
+    image_ids: np.ndarray  # sorted int64
+    image_pin_rows: np.ndarray  # pin_row per image id
+    pins: dict[int, PinRow] = field(default_factory=dict)  # pin_row -> pin
+    image_paths: dict[int, str] = field(default_factory=dict)
+
+    def pin_rows_of(self, image_ids: np.ndarray) -> np.ndarray:
+        """The pin row of each image id (all must exist)."""
+        return self.image_pin_rows[np.searchsorted(self.image_ids, image_ids)]
+
+    def pin_row_of(self, image_id: int) -> int:
+        return int(self.pin_rows_of(np.asarray([image_id], np.int64))[0])
+
+    def images_of(self, pin_id: str) -> list[str]:
+        """Recorded paths of a pin's reference images."""
+        rows = [row for row, pin in self.pins.items() if pin.pin_id == pin_id]
+        if not rows:
+            return []
+        return [self.image_paths[int(i)] for i in self.image_ids[self.image_pin_rows == rows[0]]]

@@ -1,0 +1,159 @@
+"""Building an index: encode, extract local features, and write the directory atomically.
+
+The work is done before anything is written; the directory is written into
+a fresh sibling and swapped in (``pinid._atomic``), so a failed or
+interrupted build leaves the previous index untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .._atomic import replace_directory_atomically
+from .._version import __version__
+from ..catalogue import Catalogue, PinRecord
+from ..encoder.cache import EmbeddingCache, EmbedOptions, embed_files
+from ..encoder.clip import EncodeResult, Encoder
+from ..errors import CatalogueError, ImageError
+from ..identify.confidence import default_calibration
+from ..images import load_image
+from ..local.features import DESCRIPTOR_DIMS, MAX_REFERENCE_FEATURES, ReferenceEntry, reference_entry
+from ..local.store import write_local_store
+from ..local.vote import build_vocabulary, write_vocabulary
+from ..results import BuildReport
+from .format import (DATABASE_FILE, FORMAT_VERSION, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest,
+                     is_index_directory)
+from .storage import write_database, write_vectors
+
+#: ``(done)`` increments, one call per finished image.
+Advance = Callable[[int], None]
+
+
+def build_index(catalogue: Catalogue, target: Path, encoder: Encoder | None, *, batch_size: int = 32,
+                workers: int = 2, cache: EmbeddingCache | None = None, on_progress: Advance | None = None,
+                on_features: Advance | None = None) -> BuildReport:
+    """Do the whole build and swap the result in at ``target``; returns what was built and skipped."""
+    started = time.perf_counter()
+    owners: list[PinRecord] = []
+    paths: list[Path] = []
+    for pin in catalogue.pins:
+        owners.extend([pin] * len(pin.images))
+        paths.extend(pin.images)
+    skipped = list(catalogue.skipped)
+    if encoder is None:
+        encoded = None
+        ok = list(range(len(paths)))
+    else:
+        if cache is None:
+            encoded = encoder.encode_images(paths, batch_size=batch_size, workers=workers, on_progress=on_progress)
+        else:
+            encoded = _encode_with_cache(paths, encoder, cache, batch_size, workers, on_progress)
+        skipped += [(str(paths[i]), reason) for i, reason in encoded.failures]
+        ok = list(encoded.ok)
+    entries, failures = _reference_entries([paths[i] for i in ok], workers, on_features)
+    skipped += [(str(paths[ok[i]]), reason) for i, reason in failures]
+    kept = [i for i, entry in enumerate(entries) if entry is not None]
+    vectors = None if encoded is None else np.ascontiguousarray(encoded.vectors[kept])
+    ok = [ok[i] for i in kept]
+    rows = _rows_by_pin(owners, paths, ok)
+    for pin in catalogue.pins:
+        if pin.pin_id not in rows:
+            skipped.append((pin.pin_id, "pin left out: none of its images could be read"))
+    if not rows:
+        raise CatalogueError(f"catalogue {catalogue.source}: none of its {len(paths)} images could be read")
+
+    def write(folder: Path) -> None:
+        write_database(folder / DATABASE_FILE, list(rows.values()))
+        if vectors is not None:
+            write_vectors(folder / VECTORS_FILE, vectors)
+        descriptors = write_local_store(folder / LOCAL_DIR, ((image_id, entries[i])
+                                                             for image_id, i in enumerate(kept)))
+        write_vocabulary(build_vocabulary(descriptors), folder / VOCABULARY_FILE)
+        manifest = new_manifest(encoder, catalogue, pins=len(rows), images=len(ok), descriptors=len(descriptors))
+        (folder / MANIFEST_FILE).write_bytes(manifest.to_json())
+
+    replace_directory_atomically(target, write, is_replaceable=is_index_directory)
+    return BuildReport(len(rows), len(ok), skipped, time.perf_counter() - started)
+
+
+def new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, images: int,
+                 descriptors: int) -> Manifest:
+    import cv2
+    import faiss
+
+    return Manifest(
+        format_version=FORMAT_VERSION, pinid_version=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        encoder=None if encoder is None else encoder.identity(), pins=pins, images=images,
+        vectors=None if encoder is None else {"file": VECTORS_FILE, "faiss_index": "IDMap2,Flat",
+                                              "metric": "inner_product", "faiss_version": faiss.__version__},
+        local_features={"kind": f"PCA{DESCRIPTOR_DIMS}-RootSIFT, 3 scales + 4 tilts, light and dark backdrop",
+                        "max_per_image": MAX_REFERENCE_FEATURES, "descriptors": int(descriptors),
+                        "vocabulary": VOCABULARY_FILE, "opencv_version": cv2.__version__},
+        calibration=default_calibration().to_dict(), catalogue_source=str(catalogue.source.resolve()),
+        next_image_id=images)
+
+
+def _reference_entries(paths: list[Path], workers: int, on_features: Advance | None
+                       ) -> tuple[list[ReferenceEntry | None], list[tuple[int, str]]]:
+    """Local features of every reference image, in threads (OpenCV releases the GIL)."""
+
+    def one(path: Path) -> ReferenceEntry | str:
+        try:
+            return reference_entry(load_image(path))
+        except ImageError as exc:
+            return exc.reason
+
+    entries: list[ReferenceEntry | None] = []
+    failures: list[tuple[int, str]] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for position, outcome in enumerate(pool.map(one, paths)):
+            if isinstance(outcome, str):
+                failures.append((position, outcome))
+                entries.append(None)
+            else:
+                entries.append(outcome)
+            if on_features is not None:
+                on_features(1)
+    return entries, failures
+
+
+def _encode_with_cache(paths: list[Path], encoder: Encoder, cache: EmbeddingCache, batch_size: int, workers: int,
+                       on_progress: Advance | None) -> EncodeResult:
+    """The same result as ``encoder.encode_images(paths)``, taking known contents from ``cache``."""
+    reported = 0
+
+    def advance_to(count: int) -> None:
+        nonlocal reported
+        if on_progress is not None and count > reported:
+            on_progress(count - reported)
+            reported = count
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "encoding":  # one bar over all images: the cached ones count as done
+            advance_to(len(paths) - total + done)
+
+    embedded = embed_files(paths, encoder, cache, EmbedOptions(batch_size=batch_size, workers=workers), progress)
+    advance_to(len(paths))
+    ok = [position for position in range(len(paths)) if embedded.content_of[position] >= 0]
+    vectors = embedded.vectors[embedded.content_of[ok]].astype(np.float32, copy=False)
+    failures = sorted(embedded.failures.items())
+    return EncodeResult(np.ascontiguousarray(vectors), ok, failures)
+
+
+def _rows_by_pin(owners: list[PinRecord], paths: list[Path], ok: list[int]
+                 ) -> dict[str, tuple[PinRecord, list[tuple[int, Path]]]]:
+    rows: dict[str, tuple[PinRecord, list[tuple[int, Path]]]] = {}
+    for image_id, position in enumerate(ok):
+        pin = owners[position]
+        rows.setdefault(pin.pin_id, (pin, []))[1].append((image_id, paths[position]))
+    return rows
+
+
+__all__ = ["build_index", "new_manifest"]

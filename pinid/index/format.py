@@ -1,0 +1,148 @@
+"""The index directory layout and its typed manifest, written down once.
+
+Layout::
+
+    INDEX_DIR/
+      manifest.json           the Manifest below: format marker and version, pinid version, encoder identity
+                              (or null), counts, build time, local-feature settings, confidence calibration
+      vectors.faiss           FAISS IndexIDMap2 over an exact inner-product index; ids = image ids (CLIP only)
+      catalogue.sqlite        pins (pin_row, pin_id, name, metadata JSON), images (image_id -> pin_row, path, sha256)
+      local/                  reference keypoints, descriptors, pin boxes, colour thumbnails (pinid.local.store)
+      local_vocabulary.faiss  all reference descriptors, for the candidate vote (pinid.local.vote)
+
+An index built with ``encoder=None`` (``pinid build-index --encoder local``)
+has no ``vectors.faiss`` and needs no model weights at all. A directory is an
+index only if its manifest carries the format marker and it holds nothing
+but these entries: anything else is never replaced or deleted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..errors import IndexFormatError
+from ..tables import parse_json
+
+FORMAT_NAME = "pinid-index"
+FORMAT_VERSION = 2
+MANIFEST_FILE = "manifest.json"
+VECTORS_FILE = "vectors.faiss"
+DATABASE_FILE = "catalogue.sqlite"
+LOCAL_DIR = "local"
+VOCABULARY_FILE = "local_vocabulary.faiss"
+#: Everything an index directory may hold (SQLite may leave a journal beside its file).
+INDEX_ENTRIES = frozenset({MANIFEST_FILE, VECTORS_FILE, DATABASE_FILE, LOCAL_DIR, VOCABULARY_FILE,
+                           f"{DATABASE_FILE}-journal", f"{DATABASE_FILE}-wal", f"{DATABASE_FILE}-shm"})
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` says, checked field by field when read."""
+
+    format_version: int
+    pinid_version: str
+    created_at: str
+    encoder: dict[str, Any] | None  # Encoder.identity(), or None for a local-features-only index
+    pins: int
+    images: int
+    vectors: dict[str, Any] | None
+    local_features: dict[str, Any]
+    calibration: dict[str, Any]
+    catalogue_source: str
+    next_image_id: int
+
+    @property
+    def descriptors(self) -> int:
+        return int(self.local_features["descriptors"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (field names as documented in the README)."""
+        return {"format": FORMAT_NAME, "format_version": self.format_version, "pinid_version": self.pinid_version,
+                "created_at": self.created_at, "encoder": self.encoder,
+                "counts": {"pins": self.pins, "images": self.images}, "vectors": self.vectors,
+                "local_features": self.local_features, "calibration": self.calibration,
+                "catalogue": {"source": self.catalogue_source}, "next_image_id": self.next_image_id}
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: Path) -> "Manifest":
+        """Check every field; any problem is one ``IndexFormatError`` naming the index."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise IndexFormatError(f"{where}: {MANIFEST_FILE} is not a pinid index manifest")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IndexFormatError(f"index {where} has format version {version}; this pinid ({__version__}) "
+                                   f"reads version {FORMAT_VERSION}: rebuild the index")
+        try:
+            counts, local, encoder = data["counts"], data["local_features"], data["encoder"]
+            manifest = cls(int(version), str(data["pinid_version"]), str(data["created_at"]), encoder,
+                           _count(counts["pins"]), _count(counts["images"]), data.get("vectors"), dict(local),
+                           dict(data["calibration"]), str(data["catalogue"]["source"]),
+                           _count(data.get("next_image_id", counts["images"])))
+            _count(local["descriptors"])
+            if encoder is not None:
+                if not isinstance(encoder, dict) or not isinstance(encoder["model"], str):
+                    raise TypeError("encoder")
+                _count(encoder["embedding_dim"])
+                if not isinstance(data["vectors"], dict):
+                    raise TypeError("vectors")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexFormatError(f"index {where}: {MANIFEST_FILE} lacks or garbles a field ({exc}); "
+                                   "rebuild the index") from None
+        return manifest
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read and validate ``manifest.json``; every failure is an ``IndexFormatError``."""
+    if not folder.exists():
+        raise IndexFormatError(f"index {folder} does not exist; build it with `pinid build-index`")
+    if not folder.is_dir():
+        raise IndexFormatError(f"index {folder} is not a directory")
+    try:
+        text = (folder / MANIFEST_FILE).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise IndexFormatError(f"{folder} is not a pinid index ({MANIFEST_FILE} is missing)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"index {folder}: {MANIFEST_FILE} cannot be read ({exc})") from None
+    try:
+        data = parse_json(text)
+    except ValueError as exc:
+        raise IndexFormatError(f"index {folder}: {MANIFEST_FILE} is damaged ({exc})") from None
+    return Manifest.from_dict(data, folder)
+
+
+def is_index_directory(folder: Path) -> bool:
+    """True for a pinid index (format marker in its manifest, nothing foreign inside) or an empty folder.
+
+    This is what a build may replace: a folder that merely holds a file named
+    ``manifest.json`` (a catalogue, a photo folder) is not an index.
+    """
+    try:
+        entries = {entry.name for entry in folder.iterdir()}
+    except OSError:
+        return False
+    if not entries:
+        return True
+    if not entries <= INDEX_ENTRIES or MANIFEST_FILE not in entries:
+        return False
+    try:
+        data = parse_json((folder / MANIFEST_FILE).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
+__all__ = ["DATABASE_FILE", "FORMAT_NAME", "FORMAT_VERSION", "INDEX_ENTRIES", "LOCAL_DIR", "MANIFEST_FILE",
+           "Manifest", "VECTORS_FILE", "VOCABULARY_FILE", "is_index_directory", "read_manifest"]

@@ -1,0 +1,317 @@
+"""``PinIndex``: the facade a user holds. It opens one index directory and delegates.
+
+Building is ``index.build``, the layout and manifest ``index.format``, files
+``index.storage``, CLIP search ``index.search``, and every verified answer is
+made by ``identify.recogniser.Recogniser``. Image ids are stable integers
+shared by FAISS, SQLite and the local store. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+
+from PIL import Image
+
+from .._atomic import write_file_atomically
+from ..catalogue import Catalogue
+from ..encoder.clip import Encoder
+from ..encoder.weights import EncoderSpec
+from ..errors import (EncoderMismatchError, ImageError, IndexFormatError, InputError, LocalOnlyError,
+                      WeightsUnavailableError)
+from ..identify.confidence import Calibration, default_calibration
+from ..identify.pin_table import PinTable
+from ..identify.recogniser import DEFAULT_CANDIDATES, Candidate, Recogniser
+from ..images import ImageSource, load_image
+from ..local.store import LocalStore
+from ..local.vote import read_vocabulary
+from ..results import BuildReport, Found, Identification, Match
+from .build import build_index
+from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest,
+                     read_manifest)
+from .search import ExactSearcher, search_pins
+from .storage import read_table, read_vectors
+
+if TYPE_CHECKING:
+    from ..encoder.cache import EmbeddingCache
+
+
+class PinIndex:
+    """A searchable catalogue of pins. Build with :meth:`build`, open with :meth:`load`."""
+
+    def __init__(self, path: Path, manifest: Manifest, vectors: Any, table: PinTable,
+                 encoder: Encoder | None, recogniser: Recogniser) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.encoder = encoder
+        self.build_report: BuildReport | None = None
+        self._searcher = ExactSearcher(vectors) if vectors is not None else None
+        self._table = table
+        self._recogniser = recogniser
+
+    # ----------------------------------------------------------------- build
+    @classmethod
+    def build(cls, catalogue: Catalogue, out_dir: str | os.PathLike, encoder: Encoder | None, *,
+              batch_size: int = 32, workers: int = 2, cache: EmbeddingCache | None = None,
+              on_progress: Callable[[int], None] | None = None,
+              on_features: Callable[[int], None] | None = None) -> "PinIndex":
+        """Encode every reference image, extract its local features and write a new index atomically.
+
+        Args:
+            catalogue: from :func:`pinid.read_catalogue`.
+            out_dir: the index directory to create, or an existing pinid index to replace.
+            encoder: a loaded :class:`Encoder`, or ``None`` for a local-features-only index (no model).
+            cache: an ``EmbeddingCache`` keyed by file content: a rebuild encodes only new or
+                changed files, and an interrupted build resumes.
+            on_progress, on_features: called with 1 per encoded image / per image whose local
+                features are done.
+
+        Returns:
+            The loaded index; ``build_report`` lists pins, images, seconds and every skipped file.
+
+        Raises:
+            InputError: ``out_dir`` exists and is not a pinid index (nothing is touched).
+            CatalogueError: no image of the catalogue could be read.
+
+        Example:
+            >>> index = PinIndex.build(read_catalogue("pins/"), "pins.index", Encoder.load())  # doctest: +SKIP
+        """
+        target = Path(out_dir).expanduser()
+        report = build_index(catalogue, target, encoder, batch_size=batch_size, workers=workers, cache=cache,
+                             on_progress=on_progress, on_features=on_features)
+        index = cls.load(target, encoder=encoder)
+        index.build_report = report
+        return index
+
+    # ------------------------------------------------------------------ load
+    @classmethod
+    def load(cls, path: str | os.PathLike, encoder: Encoder | Literal["manifest"] | None = "manifest", *,
+             device: str = "auto", offline: bool | None = None) -> "PinIndex":
+        """Open an index directory and check it is whole and matches ``encoder``.
+
+        Args:
+            path: an index directory made by :meth:`build` or ``pinid build-index``.
+            encoder: ``"manifest"`` loads the encoder the index was built with (none for a
+                local-features-only index); an ``Encoder`` reuses a loaded one (it must be the same
+                model, weights and preprocessing); ``None`` only inspects, searches by vector, or
+                identifies with local features alone.
+            device, offline: passed to :meth:`Encoder.load` when the encoder is loaded here.
+
+        Raises:
+            IndexFormatError: the directory is missing, damaged, inconsistent or of another format.
+            EncoderMismatchError: ``encoder`` is not the one the index was built with.
+            WeightsUnavailableError: the recorded encoder's weights cannot be found.
+        """
+        folder = Path(path).expanduser()
+        manifest = read_manifest(folder)
+        recorded = manifest.encoder
+        vectors = read_vectors(folder / VECTORS_FILE) if recorded is not None else None
+        table = read_table(folder / DATABASE_FILE)
+        counts = [len(table.image_ids)] + ([vectors.ntotal] if vectors is not None else [])
+        if any(count != manifest.images for count in counts):
+            raise IndexFormatError(
+                f"index {folder} is inconsistent: manifest lists {manifest.images} images, "
+                f"{DATABASE_FILE} has {len(table.image_ids)}"
+                + (f", {VECTORS_FILE} has {vectors.ntotal}" if vectors is not None else "") + "; rebuild it")
+        if vectors is not None and recorded is not None and vectors.d != recorded["embedding_dim"]:
+            raise IndexFormatError(f"index {folder}: {VECTORS_FILE} has dimension {vectors.d}, "
+                                   f"manifest says {recorded['embedding_dim']}; rebuild it")
+        recogniser = _load_recogniser(folder, manifest, table)
+        if recorded is None:
+            if encoder is not None and encoder != "manifest":
+                raise EncoderMismatchError(f"index {folder} was built with local features only "
+                                           f"(--encoder local); it cannot use encoder {encoder.spec.describe()}")
+            encoder = None
+        elif encoder == "manifest":
+            spec = EncoderSpec(recorded["model"], recorded.get("pretrained"))
+            try:
+                encoder = Encoder.load(spec, device=device, offline=offline)
+            except WeightsUnavailableError as exc:
+                raise WeightsUnavailableError(
+                    f"index {folder} needs encoder {spec.describe()}: {exc} (if the weights moved, "
+                    "pass --model/--pretrained pointing at the same weights)") from exc
+        if encoder is not None and recorded is not None:
+            check_encoder(folder, recorded, encoder)
+        return cls(folder, manifest, vectors, table, encoder, recogniser)
+
+    # ---------------------------------------------------------------- facts
+    def __len__(self) -> int:
+        return len(self._table.pins)
+
+    @property
+    def has_vectors(self) -> bool:
+        """Whether the index has CLIP vectors (false for a local-features-only index)."""
+        return self._searcher is not None
+
+    @property
+    def calibration(self) -> Calibration:
+        """The confidence calibration this index answers with (copied into the manifest at build time)."""
+        return self._recogniser.calibration
+
+    def replace_calibration(self, calibration: Calibration) -> None:
+        """Make this index answer with another calibration, e.g. one fitted on your own labelled photos."""
+        manifest = replace(self.manifest, calibration=calibration.to_dict())
+        write_file_atomically(self.path / MANIFEST_FILE, manifest.to_json())
+        self.manifest = manifest
+        self._recogniser.calibration = calibration
+
+    def info(self) -> dict[str, Any]:
+        """A summary of the manifest, for people and for `pinid info --json`."""
+        return {"path": str(self.path), **self.manifest.to_dict()}
+
+    def reference_images(self, pin_id: str) -> list[str]:
+        """Paths of a pin's reference images, as recorded at build time."""
+        return self._table.images_of(pin_id)
+
+    def pin_of(self, candidate: Candidate) -> str:
+        """The pin id of a candidate's reference image."""
+        return self._table.pins[candidate.pin_row].pin_id
+
+    # -------------------------------------------------------------- identify
+    def identify(self, image: ImageSource, k: int = 5, *, verify: bool = True) -> Identification:
+        """Identify one photo; raises ``ImageError`` if it cannot be read."""
+        result = self.identify_many([image], k=k, verify=verify)[0]
+        if result.error is not None:
+            raise ImageError(result.query, result.error)
+        return result
+
+    def identify_many(self, images: Sequence[ImageSource], k: int = 5, *, batch_size: int = 32,
+                      verify: bool = True, candidates: int = DEFAULT_CANDIDATES,
+                      on_progress: Callable[[int], None] | None = None) -> list[Identification]:
+        """Identify many photos; an unreadable photo gets an ``error``, the rest still answer.
+
+        Args:
+            images: paths, bytes or PIL images.
+            k: pins listed per photo (at least 1).
+            verify: with ``True`` (the default) CLIP candidates (if the index has an encoder)
+                and local-feature candidates are merged, the first ``candidates`` are verified
+                geometrically and by colour, and each answer gets a calibrated confidence.
+                ``False`` ranks by CLIP similarity alone.
+            on_progress: called with 1 per photo answered.
+
+        Returns:
+            One :class:`Identification` per input, in order; ``error`` says why a photo could not be read.
+
+        Raises:
+            InputError: ``k`` or ``candidates`` below 1.
+            LocalOnlyError: ``verify=False`` on an index without CLIP vectors.
+        """
+        _check_positive(k=k, candidates=candidates, batch_size=batch_size)
+        if not verify:
+            return self._identify_by_clip(images, k, batch_size, on_progress)
+        results = []
+        for start in range(0, len(images), batch_size):  # each photo is decoded once, a batch at a time
+            chunk = images[start:start + batch_size]
+            photos: list[Image.Image | ImageError] = []
+            for source in chunk:
+                try:
+                    photos.append(load_image(source))
+                except ImageError as exc:
+                    photos.append(exc)
+            readable = [photo for photo in photos if isinstance(photo, Image.Image)]
+            clip = iter(self._clip_candidates(readable, candidates))
+            for source, photo in zip(chunk, photos):
+                if isinstance(photo, ImageError):
+                    results.append(Identification(_query_name(source), [], photo.reason))
+                else:
+                    results.append(self._recogniser.identify(photo, next(clip), k=k, limit=candidates,
+                                                             query=_query_name(source)))
+                if on_progress is not None:
+                    on_progress(1)
+        return results
+
+    def identify_multi(self, image: ImageSource, *, min_confidence: float | None = None) -> list[Found]:
+        """Every catalogue pin verified in one photo of a board or lanyard, most confident first.
+
+        ``min_confidence`` defaults to the calibrated threshold. The same pin
+        shown twice in one photo is reported once.
+        """
+        return self._recogniser.find_all(load_image(image), min_confidence=min_confidence)
+
+    def verified_candidates(self, image: ImageSource, *, candidates: int = DEFAULT_CANDIDATES
+                            ) -> tuple[list[Candidate], float]:
+        """Every verified candidate for one photo with its features (for calibration and diagnosis).
+
+        Returns the candidates best first and the factor from their polygons' pixels to the photo's.
+        """
+        photo = load_image(image)
+        clip = self._clip_candidates([photo], candidates)[0]
+        return self._recogniser.candidates(photo, clip, limit=candidates)
+
+    def search(self, vectors: Any, k: int = 5) -> list[list[Match]]:
+        """Top-``k`` pins per CLIP query vector, each pin at its best reference image (``similarity``)."""
+        _check_positive(k=k)
+        return search_pins(self._require_searcher(), self._table, vectors, k)
+
+    def _clip_candidates(self, photos: list[Image.Image], candidates: int) -> list[list[tuple[int, float]]]:
+        """(image id, cosine) of the CLIP top list per decoded photo; empty lists without an encoder."""
+        if self.encoder is None or self._searcher is None or not photos:
+            return [[] for _ in photos]
+        encoded = self.encoder.encode_images(photos, batch_size=len(photos))
+        scores, ids = self._searcher.search(encoded.vectors, min(candidates, len(self._table.image_ids)))
+        found: dict[int, list[tuple[int, float]]] = {
+            position: [(int(i), float(v)) for i, v in zip(id_row, score_row) if i >= 0]
+            for position, score_row, id_row in zip(encoded.ok, scores, ids)}
+        return [found.get(position, []) for position in range(len(photos))]
+
+    def _identify_by_clip(self, images: Sequence[ImageSource], k: int, batch_size: int,
+                          on_progress: Callable[[int], None] | None) -> list[Identification]:
+        self._require_searcher()
+        if self.encoder is None:
+            raise InputError("this index was loaded without an encoder; load it with encoder='manifest'")
+        encoded = self.encoder.encode_images(images, batch_size=batch_size, on_progress=on_progress)
+        ranked = self.search(encoded.vectors, k=k)
+        by_position = dict(zip(encoded.ok, ranked))
+        errors = dict(encoded.failures)
+        return [Identification(_query_name(image), by_position.get(i, []), errors.get(i))
+                for i, image in enumerate(images)]
+
+    def _require_searcher(self) -> ExactSearcher:
+        if self._searcher is None:
+            raise LocalOnlyError(f"index {self.path} has local features only (--encoder local): CLIP search "
+                                 "and --no-verify are not available")
+        return self._searcher
+
+
+# --------------------------------------------------------------------- checks
+def _load_recogniser(folder: Path, manifest: Manifest, table: PinTable) -> Recogniser:
+    store = LocalStore.load(folder / LOCAL_DIR)
+    if len(store.descriptors) != manifest.descriptors or set(store.image_ids.tolist()) != set(
+            table.image_ids.tolist()):
+        raise IndexFormatError(f"index {folder} is inconsistent: its local features do not cover the same "
+                               "images as the catalogue; rebuild it")
+    vocabulary = read_vocabulary(folder / VOCABULARY_FILE, len(store.descriptors))
+    calibration = (Calibration.from_dict(manifest.calibration) if manifest.calibration
+                   else default_calibration())
+    return Recogniser(store, vocabulary, table, calibration)
+
+
+def check_encoder(folder: Path, recorded: dict[str, Any], encoder: Encoder) -> None:
+    """Refuse to query an index with another model, other weights or other preprocessing."""
+    current = encoder.identity()
+    built_with = EncoderSpec(recorded["model"], recorded.get("pretrained")).describe()
+    same_weights = (recorded.get("weights_sha256") == current["weights_sha256"]
+                    if recorded.get("weights_sha256") else built_with == encoder.spec.describe())
+    problems = []
+    if not same_weights:
+        problems.append("different weights")
+    if recorded.get("embedding_dim") != current["embedding_dim"]:
+        problems.append(f"dimension {current['embedding_dim']} vs {recorded.get('embedding_dim')}")
+    if recorded.get("preprocess") != current["preprocess"]:
+        problems.append("different preprocessing")
+    if problems:
+        raise EncoderMismatchError(
+            f"index {folder} was built with encoder {built_with} but is queried with "
+            f"{encoder.spec.describe()} ({', '.join(problems)}); use the same encoder or rebuild the index")
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, not {value}")
+
+
+def _query_name(image: ImageSource) -> str:
+    return str(image) if isinstance(image, (str, os.PathLike)) else "<image>"

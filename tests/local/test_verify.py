@@ -1,0 +1,240 @@
+"""Local features, verification, colour check, confidence and multi-pin photos on small generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from pinid.catalogue import read_catalogue
+from pinid.identify.confidence import Calibration, default_calibration, fit_logistic
+from pinid.errors import IndexFormatError, PinidError
+from pinid.evaluation.boards import board_metrics, polygon_iou, score_board, BoardTruth
+from pinid.index import PinIndex
+from pinid.local.features import (DESCRIPTOR_DIMS, MAX_REFERENCE_FEATURES, THUMBNAIL_SIDE, encode_descriptors,
+                                  query_features, reference_entry)
+from pinid.local.verify import verify
+
+from tests.support import PERSPECTIVE, SIDE, background, pin, place, recolour, recolour_hsv
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def test_known_homography_is_recovered() -> None:
+    reference = pin(3)
+    entry = reference_entry(reference)
+    photo = place(background(), reference, PERSPECTIVE)
+    features = query_features(Image.fromarray(photo))
+    result = verify(features, cv2.cvtColor(photo, cv2.COLOR_RGB2LAB), [(0, entry)])[0]
+    assert result.aligned and result.distinct_inliers >= 10
+    corners = entry.outline.reshape(-1, 1, 2)
+    expected = cv2.perspectiveTransform(corners, PERSPECTIVE).reshape(-1, 2)
+    found = cv2.perspectiveTransform(corners, result.homography).reshape(-1, 2)
+    # within 6 px on a 208-px pin: keypoints from simulated views are mapped back with some error
+    assert np.abs(found - expected).max() < 6.0
+    assert np.abs(result.polygon - expected).max() < 6.0
+    assert result.colour_distance < 10.0
+
+
+def test_unrelated_reference_does_not_align() -> None:
+    photo = place(background(), pin(3), PERSPECTIVE)
+    features = query_features(Image.fromarray(photo))
+    result = verify(features, cv2.cvtColor(photo, cv2.COLOR_RGB2LAB), [(1, reference_entry(pin(4)))])[0]
+    assert not result.aligned and result.distinct_inliers == 0 and np.isnan(result.colour_distance)
+
+
+def test_reference_entry_is_compact_and_finds_the_pin_box() -> None:
+    # the most a reference image can take on disk: codes, float16 keypoints, thumbnail, geometry row
+    assert MAX_REFERENCE_FEATURES * (DESCRIPTOR_DIMS + 4 * 2) + THUMBNAIL_SIDE ** 2 * 4 + 6 * 4 <= 64 * 1024
+    busy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512, 3)).astype(np.uint8))
+    assert 0.95 * MAX_REFERENCE_FEATURES <= len(reference_entry(busy).features) <= MAX_REFERENCE_FEATURES  # capped
+    entry = reference_entry(pin(5))
+    features = entry.features
+    assert 50 <= len(features) <= MAX_REFERENCE_FEATURES
+    assert features.descriptors.shape[1] == DESCRIPTOR_DIMS and features.descriptors.dtype == np.uint8
+    assert entry.colour.shape == (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 4)
+    x0, y0, x1, y1 = entry.pin_box
+    assert abs(x0 - 24) <= 2 and abs(y0 - 24) <= 2 and abs(x1 - (SIDE - 24)) <= 2 and abs(y1 - (SIDE - 24)) <= 2
+
+
+def test_descriptor_codes_keep_nearest_neighbours() -> None:
+    """The PCA codes must rank neighbours as full RootSIFT does (they are what every match compares)."""
+    from pinid.local.features import _sift, root_sift
+
+    grey = np.asarray(pin(7).convert("L"))
+    _, _, raw = _sift(grey)
+    codes = encode_descriptors(raw).astype(np.float32)
+    full = root_sift(raw)
+    assert codes.shape == (len(raw), DESCRIPTOR_DIMS) and len(raw) > 40
+    agree = 0
+    for row in range(len(raw)):
+        nearest_full = np.argsort(((full - full[row]) ** 2).sum(1))[1]
+        nearest_code = np.argsort(((codes - codes[row]) ** 2).sum(1))[1]
+        agree += nearest_full == nearest_code
+    assert agree / len(raw) > 0.8
+
+
+def test_feature_extraction_survives_odd_images() -> None:
+    blank = Image.new("RGB", (64, 64), (128, 128, 128))
+    assert len(reference_entry(blank).features) == 0
+    assert len(query_features(blank)) == 0
+    tiny = Image.new("RGB", (1, 1), (0, 0, 0))
+    assert len(query_features(tiny)) == 0 and reference_entry(tiny).pin_box == (0.0, 0.0, 1.0, 1.0)
+
+
+# ---------------------------------------------------------------- whole index
+@pytest.fixture(scope="module")
+def local_index(tmp_path_factory: pytest.TempPathFactory) -> PinIndex:
+    """A local-features-only index of 8 pins; pin-002's colourway pin-002-teal differs only in colour."""
+    root = tmp_path_factory.mktemp("catalogue")
+    for seed in range(8):
+        (root / f"pin-{seed:03d}").mkdir()
+        pin(seed).save(root / f"pin-{seed:03d}" / "front.png")
+        (root / f"pin-{seed:03d}" / "pin.json").write_text(json.dumps({"name": f"Pin {seed}",
+                                                                        "design": f"d{seed}"}))
+    (root / "pin-002-teal").mkdir()
+    recolour(pin(2), 150).save(root / "pin-002-teal" / "front.png")
+    (root / "pin-002-teal" / "pin.json").write_text(json.dumps({"name": "Pin 2 (teal)", "design": "d2"}))
+    (root / "pin-003-neon").mkdir()
+    recolour_hsv(pin(3), 150).save(root / "pin-003-neon" / "front.png")
+    (root / "pin-003-neon" / "pin.json").write_text(json.dumps({"name": "Pin 3 (neon)", "design": "d3"}))
+    return PinIndex.build(read_catalogue(root), tmp_path_factory.mktemp("idx") / "idx", None)
+
+
+def test_local_only_index_needs_no_model_and_has_no_vectors(local_index: PinIndex) -> None:
+    assert local_index.encoder is None and not local_index.has_vectors
+    assert local_index.manifest.encoder is None and not (local_index.path / "vectors.faiss").exists()
+    assert local_index.manifest.descriptors > 8 * 50
+    reloaded = PinIndex.load(local_index.path)
+    assert reloaded.encoder is None
+    with pytest.raises(PinidError, match="local features only"):
+        reloaded.search(np.zeros((1, 8), np.float32))
+
+
+def test_photo_of_a_catalogue_pin_is_identified_with_confidence(local_index: PinIndex) -> None:
+    photo = Image.fromarray(place(background(), pin(6), PERSPECTIVE))
+    answer = local_index.identify(photo, k=3)
+    assert answer.matches[0].pin_id == "pin-006"
+    assert not answer.unknown and answer.confidence is not None and answer.confidence > 0.9
+    assert answer.matches[0].inliers >= 10 and answer.matches[0].polygon is not None
+
+
+def test_recoloured_variant_is_told_apart(local_index: PinIndex) -> None:
+    for reference, expected in ((recolour(pin(2), 150), "pin-002-teal"), (pin(2), "pin-002")):
+        photo = Image.fromarray(place(background(seed=7), reference, PERSPECTIVE))
+        matches = local_index.identify(photo, k=2).matches
+        assert matches[0].pin_id == expected
+        # both colourways align; colour decides
+        assert {m.pin_id for m in matches} == {"pin-002", "pin-002-teal"}
+        assert matches[0].colour_distance + 10 < matches[1].colour_distance
+
+
+def test_colourway_that_fails_geometry_on_its_own_is_still_compared_by_colour(local_index: PinIndex) -> None:
+    # an HSV hue rotation changes lightness too: the photo of one colourway shares few keypoints
+    # with the other's shot, so the other is aligned through its sibling and judged by colour alone
+    for reference, expected, other in ((pin(3), "pin-003", "pin-003-neon"),
+                                       (recolour_hsv(pin(3), 150), "pin-003-neon", "pin-003")):
+        photo = Image.fromarray(place(background(seed=11), reference, PERSPECTIVE))
+        matches = {m.pin_id: m for m in local_index.identify(photo, k=4).matches}
+        assert next(iter(matches)) == expected
+        assert matches[other].colour_distance is not None
+        assert matches[expected].colour_distance + 10 < matches[other].colour_distance
+
+
+def test_unrelated_photo_is_unknown_but_lists_candidates(local_index: PinIndex) -> None:
+    photo = Image.fromarray(place(background(seed=3), pin(40), PERSPECTIVE))
+    answer = local_index.identify(photo, k=3)
+    assert answer.unknown and answer.confidence is not None and answer.confidence < 0.5
+    assert len(answer.matches) == 3
+
+
+def test_two_pins_in_one_photo_are_both_found(local_index: PinIndex) -> None:
+    left = np.array([[0.7, -0.2, 40.0], [0.2, 0.7, 80.0], [0.0, 0.0, 1.0]])
+    right = np.array([[0.75, 0.1, 420.0], [-0.1, 0.8, 200.0], [0.0002, 0.0, 1.0]])
+    photo = place(place(background(960, 600), pin(1), left), pin(5), right)
+    found = local_index.identify_multi(Image.fromarray(photo))
+    by_pin = {f.match.pin_id: f for f in found}
+    assert set(by_pin) == {"pin-001", "pin-005"}
+    for pin_id, transform in (("pin-001", left), ("pin-005", right)):
+        outline = np.float32([[24, 24], [SIDE - 24, 24], [SIDE - 24, SIDE - 24], [24, SIDE - 24]])
+        truth = cv2.perspectiveTransform(outline.reshape(-1, 1, 2), transform).reshape(-1, 2)
+        assert polygon_iou(by_pin[pin_id].polygon, truth) > 0.8
+        assert by_pin[pin_id].confidence >= local_index.calibration.threshold
+
+
+def test_damaged_local_features_are_refused(local_index: PinIndex, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(local_index.path, copy)
+    descriptors = copy / "local" / "descriptors.npy"
+    descriptors.write_bytes(descriptors.read_bytes()[:-4096])
+    with pytest.raises(IndexFormatError, match="local features"):
+        PinIndex.load(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(local_index.path, copy)
+    (copy / "local_vocabulary.faiss").write_bytes(b"not faiss")
+    with pytest.raises(IndexFormatError, match="rebuild"):
+        PinIndex.load(copy)
+
+
+def test_pickled_arrays_are_not_loaded(local_index: PinIndex, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(local_index.path, copy)
+    np.save(copy / "local" / "images.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(IndexFormatError, match="local features"):
+        PinIndex.load(copy)
+
+
+# ---------------------------------------------------------------- calibration
+def test_shipped_calibration_loads_and_orders_sensibly() -> None:
+    calibration = default_calibration()
+    assert 0 < calibration.threshold < 1 and calibration.fitted_on
+    weak, strong = calibration.answer_confidence(-3.0, 0.5), calibration.answer_confidence(3.0, 5.0)
+    assert 0.0 <= weak < strong <= 1.0
+
+
+def test_damaged_calibration_is_a_format_error() -> None:
+    data = default_calibration().to_dict()
+    data["ranking"] = data["ranking"][:2]
+    with pytest.raises(IndexFormatError, match="calibration"):
+        Calibration.from_dict(data)
+    with pytest.raises(IndexFormatError, match="calibration"):
+        Calibration.from_dict({"version": 99})
+
+
+def test_logistic_fit_recovers_a_known_rule() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 2))
+    y = rng.random(4000) < 1 / (1 + np.exp(-(0.5 + 2.0 * x[:, 0] - 1.0 * x[:, 1])))
+    bias, w0, w1 = fit_logistic(x, y)
+    assert abs(bias - 0.5) < 0.2 and abs(w0 - 2.0) < 0.25 and abs(w1 + 1.0) < 0.2
+
+
+# ---------------------------------------------------------------- board scoring
+def test_board_scoring_needs_right_pin_in_right_place() -> None:
+    square = np.float32([[0, 0], [100, 0], [100, 100], [0, 100]])
+    truth = BoardTruth(Path("b.jpg"), [("a", square), ("b", square + 200)])
+    scored = score_board(truth, [("a", 0.9, square + 5), ("b", 0.8, square), ("b", 0.7, square + 198),
+                                 ("b", 0.6, square + 200)])
+    assert scored == [(0.9, True), (0.8, False), (0.7, True), (0.6, False)]  # a pin is claimed once
+    metrics = board_metrics(scored, total_pins=2, threshold=0.75)
+    assert metrics["at_threshold"]["precision"] == 0.5 and metrics["at_threshold"]["recall"] == 0.5
+    assert metrics["recall_at_precision_0.95"] == 0.5  # only the first answer keeps precision >= 0.95
