@@ -111,7 +111,7 @@ def main() -> None:
                 stages[stage] = now - last[0]
                 last[0] = now
 
-        grouped = find_groups(listings, embedded, DedupOptions(mode="pin", threshold=args.threshold, confirm_photos=False), progress)
+        grouped = find_groups(listings, embedded, DedupOptions(mode="pin", min_cosine=args.threshold, confirm_photos=False), progress)
         finished = time.perf_counter()
         rows.append(("kNN graph (FAISS, batched)", stages.get("neighbours", float("nan")), peak_mb()))
         rows.append(("pair checks + guarded union-find", stages.get("grouping", float("nan")), peak_mb()))

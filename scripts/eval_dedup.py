@@ -72,7 +72,7 @@ def main() -> None:
         results = []
         for label, mode, threshold, column in SETTINGS:
             started = time.perf_counter()
-            options = DedupOptions(mode=mode, threshold=threshold)  # type: ignore[arg-type]
+            options = DedupOptions(mode=mode, min_cosine=threshold)  # type: ignore[arg-type]
             rows = find_groups(listings, embedded, options)
             seconds = time.perf_counter() - started
             scores = pairwise_scores({row.listing_id: row.group_id for row in rows if row.group_id},

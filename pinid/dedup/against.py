@@ -16,7 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..encoder.cache import EmbeddingCache, EmbedOptions, Progress, embed_files, prepare, sha256_or_reason
+from ..encoder.cache import (EmbeddingCache, EmbedOptions, ImageEncoder, Progress, embed_files, prepare,
+                             sha256_or_reason)
+from ..errors import InputError, LocalOnlyError
 from ..index import PinIndex
 from ..phash import photo_distance
 from ..results import Match
@@ -59,14 +61,32 @@ class AgainstReport:
                 f"{self.seconds:.1f} s")
 
 
+def against_encoder(index: PinIndex) -> ImageEncoder:
+    """The encoder that listings must be embedded with to be matched against ``index``.
+
+    Raises:
+        LocalOnlyError: the index has local features only (``--encoder local``): it has no
+            CLIP vectors to match listings against.
+        InputError: the index was loaded without its encoder (``PinIndex.load(..., encoder=None)``).
+    """
+    if not index.has_vectors:
+        raise LocalOnlyError(f"index {index.path} has local features only (built with --encoder local): "
+                             "dedup --against needs an index built with CLIP embeddings (--encoder clip)")
+    if index.encoder is None:
+        raise InputError(f"index {index.path} was loaded without its encoder; load it with encoder='manifest'")
+    return index.encoder
+
+
 def match_against(index: PinIndex, listings: Sequence[Listing], cache: EmbeddingCache,
                   options: DedupOptions = DedupOptions(), embed_options: EmbedOptions = EmbedOptions(),
                   on_progress: Progress | None = None) -> AgainstReport:
-    """Match ``listings`` against ``index`` (loaded with its encoder); one row per listing."""
+    """Match ``listings`` against ``index`` (loaded with its encoder); one row per listing.
+
+    Raises:
+        LocalOnlyError: the index has local features only (see :func:`against_encoder`).
+    """
     started = time.perf_counter()
-    encoder = index.encoder
-    if encoder is None:
-        raise ValueError("the index must be loaded with its encoder")
+    encoder = against_encoder(index)
     embedded = embed_files([listing.image for listing in listings], encoder, cache, embed_options, on_progress)
     best = [matches[0] if matches else None for matches in index.search(embedded.vectors, k=1)]
     references = _ReferenceHashes(int(getattr(encoder, "image_size", 224)))
@@ -82,30 +102,37 @@ def match_against(index: PinIndex, listings: Sequence[Listing], cache: Embedding
         if match is None:
             rows.append(AgainstRow(listing.listing_id, str(listing.image), "new", "", "", "", None, None))
             continue
+        similarity = _cosine(match)
         digest, hashes = references.get(Path(match.reference_image))
         distance = None if hashes is None else int(photo_distance(embedded.hashes[row], hashes)[0])
-        same_hash = distance is not None and distance <= options.phash_distance
-        if same_hash and options.confirm_photos and match.score < options.photo_threshold:
+        same_hash = distance is not None and distance <= options.max_phash_distance
+        if same_hash and options.confirm_photos and similarity < options.photo_min_cosine:
             same_hash = confirm(("listing", row), listing.image, ("reference", match.reference_image),
                                 Path(match.reference_image))
-        reason = _reason(options, listing, match, embedded.digests[row] == digest, same_hash)
+        reason = _reason(options, listing, match, similarity, embedded.digests[row] == digest, same_hash)
         rows.append(AgainstRow(listing.listing_id, str(listing.image), "duplicate" if reason else "new", reason,
-                               match.pin_id, match.reference_image, float(match.score), distance))
+                               match.pin_id, match.reference_image, similarity, distance))
     stats = {"listings": len(rows), **{s: sum(1 for r in rows if r.status == s)
                                        for s in ("duplicate", "new", "unreadable")}}
     return AgainstReport(rows, embedded.encoded, embedded.cached, time.perf_counter() - started, stats)
 
 
-def _reason(options: DedupOptions, listing: Listing, match: Match, same_file: bool, same_hash: bool) -> str:
+def _cosine(match: Match) -> float:
+    """The CLIP cosine of a search match (``index.search`` always sets it)."""
+    return float(match.similarity) if match.similarity is not None else -1.0
+
+
+def _reason(options: DedupOptions, listing: Listing, match: Match, similarity: float, same_file: bool,
+            same_hash: bool) -> str:
     if same_file:
         return "exact_file"
-    if same_hash or match.score >= options.photo_threshold:
+    if same_hash or similarity >= options.photo_min_cosine:
         return "same_photo"
     if options.mode == "pin":
         if options.verifier is None:
-            return "same_pin" if match.score >= options.pin_threshold else ""
+            return "same_pin" if similarity >= options.pin_min_cosine else ""
         other = Listing(match.pin_id, Path(match.reference_image))
-        if match.score >= options.verify_floor and options.verifier(listing, other, float(match.score)):
+        if similarity >= options.verify_floor and options.verifier(listing, other, similarity):
             return "same_pin"
     return ""
 

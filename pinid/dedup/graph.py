@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..encoder.cache import Progress
+
 EXACT_LIMIT = 20_000  # exact search below this many items; IVF (approximate, recall ~0.99+) above
 QUERY_BATCH = 4096
 _BANDS = 4  # a 64-bit hash in four 16-bit bands: two hashes within 3 bits share one band for sure
@@ -36,8 +38,11 @@ class Pairs:
 
 
 def knn_pairs(vectors: np.ndarray, k: int, min_score: float, *, seed: int = 0,
-              on_progress: Callable[[int], None] | None = None) -> Pairs:
-    """Pairs of each item with its ``k`` nearest neighbours scoring at least ``min_score``."""
+              on_progress: Progress | None = None) -> Pairs:
+    """Pairs of each item with its ``k`` nearest neighbours scoring at least ``min_score``.
+
+    ``on_progress("neighbours", done, n)`` is called after each query batch.
+    """
     import faiss
 
     n, dim = vectors.shape
@@ -66,7 +71,7 @@ def knn_pairs(vectors: np.ndarray, k: int, min_score: float, *, seed: int = 0,
         rights.append(np.maximum(rows[keep], ids[keep]))
         scores.append(sims[keep])
         if on_progress is not None:
-            on_progress(len(block_ids))
+            on_progress("neighbours", start + len(block_ids), n)
     return _unique_pairs(np.concatenate(lefts), np.concatenate(rights), np.concatenate(scores))
 
 

@@ -8,12 +8,13 @@ listing saying which group, which representative, how close, and why.
 Related, for a listing and a representative:
 
 * ``exact_file``: the same bytes (collapsed before any model work);
-* ``same_photo``: photo-hash distance <= ``phash_distance`` (crop tolerant,
-  encoder independent) or embedding cosine >= the photo threshold;
-* ``same_pin`` (``pin`` mode only): cosine >= the pin threshold, or, when a
+* ``same_photo``: photo-hash distance <= ``max_phash_distance`` (crop
+  tolerant, encoder independent), confirmed geometrically, or embedding cosine
+  >= the photo mode's ``min_cosine``;
+* ``same_pin`` (``pin`` mode only): cosine >= ``min_cosine``, or, when a
   ``verifier`` is plugged in, cosine >= ``verify_floor`` and the verifier
-  confirms. The verifier is the hook for geometric verification (pinid.verify,
-  not written yet): any ``(listing, other, cosine) -> bool`` works.
+  confirms: any ``(listing, other, cosine) -> bool`` works (the hook for
+  geometric verification).
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ from .photo_match import PhotoConfirmer
 from .rows import ResultRow
 
 Mode = Literal["photo", "pin"]
-#: Default cosine thresholds meant for the default encoder (ViT-B-32-256 / datacomp). They
+#: Default minimum cosines meant for the default encoder (ViT-B-32-256 / datacomp). They
 #: are estimates, not yet measured: its weights cannot be downloaded where pinid is built.
 #: Other encoders need their own (``--threshold``); random test weights need pHash only.
-PHOTO_THRESHOLD = 0.97
-PIN_THRESHOLD = 0.90
+PHOTO_MIN_COSINE = 0.97
+PIN_MIN_COSINE = 0.90
 #: Photo-hash bits (of 64) within which a pair is a "same photo" candidate; candidates are
 #: then confirmed geometrically (pinid.photo_match), which lets the hash be loose enough for
 #: heavy crops. Hash only, on the small benchmark: 8 -> recall 0.68, 12 -> 0.76, precision 1.0;
 #: on the full benchmark 12 gives precision 0.965, recall 0.850 (8: 0.979, 0.682).
-PHASH_DISTANCE = 12
+MAX_PHASH_DISTANCE = 12
 
 #: ``(listing, other, cosine) -> True`` to confirm that both show the same pin.
 Verifier = Callable[["Listing", "Listing", float], bool]
@@ -50,11 +51,17 @@ Verifier = Callable[["Listing", "Listing", float], bool]
 
 @dataclass(frozen=True)
 class DedupOptions:
-    """How strict grouping is. ``threshold=None`` takes the mode's default cosine."""
+    """How strict grouping is.
+
+    ``min_cosine`` (CLI ``--threshold``): the embedding cosine at or above which two
+    listings are related; ``None`` takes the mode's default, 1 relies on the photo
+    hash alone. ``max_phash_distance`` (CLI ``--phash-distance``): photo-hash bits
+    (of 64) at or below which two images are candidates for the same photo.
+    """
 
     mode: Mode = "photo"
-    threshold: float | None = None
-    phash_distance: int = PHASH_DISTANCE
+    min_cosine: float | None = None
+    max_phash_distance: int = MAX_PHASH_DISTANCE
     neighbours: int = 16
     verifier: Verifier | None = None
     verify_floor: float = 0.75
@@ -65,23 +72,25 @@ class DedupOptions:
     def __post_init__(self) -> None:
         if self.mode not in ("photo", "pin"):
             raise InputError(f"mode must be 'photo' or 'pin', not {self.mode!r}")
-        if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
-            raise InputError(f"threshold {self.threshold} is not a cosine similarity in [-1, 1]")
-        if not 0 <= self.phash_distance <= 64:
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise InputError(f"threshold {self.min_cosine} is not a cosine similarity in [-1, 1]")
+        if not 0 <= self.max_phash_distance <= 64:
             raise InputError("phash distance must be between 0 and 64 bits")
         if self.neighbours < 1:
             raise InputError("neighbours must be at least 1")
 
     @property
-    def photo_threshold(self) -> float:
-        if self.threshold is None:
-            return PHOTO_THRESHOLD
-        # pin mode: "same photo" by cosine is never looser than "same pin" (threshold 1 = hash only)
-        return self.threshold if self.mode == "photo" else max(self.threshold, PHOTO_THRESHOLD)
+    def photo_min_cosine(self) -> float:
+        """The cosine at or above which two listings are the same photo."""
+        if self.min_cosine is None:
+            return PHOTO_MIN_COSINE
+        # pin mode: "same photo" by cosine is never looser than "same pin" (1 = hash only)
+        return self.min_cosine if self.mode == "photo" else max(self.min_cosine, PHOTO_MIN_COSINE)
 
     @property
-    def pin_threshold(self) -> float:
-        return self.threshold if self.threshold is not None else PIN_THRESHOLD
+    def pin_min_cosine(self) -> float:
+        """The cosine at or above which two listings show the same pin (``pin`` mode)."""
+        return self.min_cosine if self.min_cosine is not None else PIN_MIN_COSINE
 
 
 # ------------------------------------------------------------------ grouping
@@ -131,7 +140,7 @@ class _Relation:
         """0 unrelated, 1 same photo, 2 same pin, per pair (batched: bounded memory)."""
         out = self.same_photo(left, right, scores).astype(np.int8)
         if self.options.mode == "pin" and self.options.verifier is None:
-            out[(out == 0) & (scores >= self.options.pin_threshold)] = 2
+            out[(out == 0) & (scores >= self.options.pin_min_cosine)] = 2
         elif self.options.mode == "pin":  # only pairs above the floor meet the (costly) verifier
             for i in np.flatnonzero((out == 0) & (scores >= self.options.verify_floor)).tolist():
                 if self._verified(int(left[i]), int(right[i]), float(scores[i])):
@@ -143,9 +152,10 @@ class _Relation:
         for start in range(0, len(left), 65_536):
             part = slice(start, start + 65_536)
             distance = photo_distance(self.hashes[left[part]], self.hashes[right[part]])
-            out[part] = (distance <= self.options.phash_distance) | (scores[part] >= self.options.photo_threshold)
+            out[part] = ((distance <= self.options.max_phash_distance)
+                         | (scores[part] >= self.options.photo_min_cosine))
         if self._confirm is not None:  # hash-only matches must also line up geometrically
-            for i in np.flatnonzero(out & (scores < self.options.photo_threshold)).tolist():
+            for i in np.flatnonzero(out & (scores < self.options.photo_min_cosine)).tolist():
                 a, b = int(left[i]), int(right[i])
                 out[i] = self._confirm(a, self._listing[a].image, b, self._listing[b].image)
         return out
@@ -164,9 +174,7 @@ def find_groups(listings: Sequence[Listing], embedded: Embedded, options: DedupO
     """Group listings (see the module docstring for the rules); one row per listing, input order."""
     count = len(embedded.digests)
     relation = _Relation(embedded, listings, options)
-    knn = knn_pairs(embedded.vectors, options.neighbours, -1.0,
-                    on_progress=None if on_progress is None
-                    else _accumulate(lambda done: on_progress("neighbours", done, count)))
+    knn = knn_pairs(embedded.vectors, options.neighbours, -1.0, on_progress=on_progress)
     hash_left, hash_right = hash_pairs(embedded.hashes)
     width = max(count, 1)
     extra = np.setdiff1d(hash_left * width + hash_right, knn.left * width + knn.right)  # both sorted, unique
@@ -244,16 +252,4 @@ def dedup(listings: Sequence[Listing], encoder: ImageEncoder, cache: EmbeddingCa
     embedded = embed_files([listing.image for listing in listings], encoder, cache, embed_options, on_progress)
     rows = find_groups(listings, embedded, options, on_progress)
     return DedupReport(rows, embedded.encoded, embedded.cached, time.perf_counter() - started, group_stats(rows))
-
-
-def _accumulate(callback: Callable[[int], None]) -> Callable[[int], None]:
-    total = 0
-
-    def advance(step: int) -> None:
-        nonlocal total
-        total += step
-        callback(total)
-
-    return advance
-
 

@@ -23,7 +23,6 @@ import io
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,11 +35,14 @@ from .._atomic import write_file_atomically
 from ..errors import EncoderMismatchError, ImageError, InputError
 from ..images import load_image
 from ..phash import PHASH_VERSION, WINDOWS, window_hashes
+from ..tables import parse_json
 
 FORMAT_NAME = "pinid-embedding-cache"
 FORMAT_VERSION = 1
 META_FILE = "cache.json"
 _CHUNK = re.compile(r"^chunk-(\d{6})\.keys\.npy$")
+_CHUNK_FILE = re.compile(r"^chunk-\d{6}\.(keys|vectors|hashes)\.npy$")
+_TEMPORARY = re.compile(r"^\.(cache\.json|chunk-\d{6}\.(keys|vectors|hashes)\.npy)\..+\.tmp$")  # write_file_atomically
 _COMPACT_ABOVE = 64  # merge small chunks once there are this many (daily runs add one or two each)
 
 
@@ -58,21 +60,35 @@ class EmbeddingCache:
     @classmethod
     def open(cls, folder: str | os.PathLike, encoder_identity: dict[str, Any], *,
              reset: bool = False) -> "EmbeddingCache":
-        """Open or create the cache at ``folder`` for this encoder; ``reset`` discards what is there."""
+        """Open or create the cache at ``folder`` for this encoder; ``reset`` discards what is there.
+
+        ``reset`` also recovers a cache whose ``cache.json`` is damaged, but only
+        in a folder that is recognisably a pinid cache (nothing but its own
+        files), so a mistyped ``--cache`` never empties a folder of photos.
+        """
         path = Path(folder).expanduser()
         identity = {"encoder": encoder_identity, "phash_version": PHASH_VERSION, "windows": WINDOWS}
         if path.exists() and not path.is_dir():
             raise InputError(f"cache {path} exists and is not a directory")
         meta_path = path / META_FILE
-        if path.is_dir() and any(path.iterdir()) and not meta_path.is_file():
-            raise InputError(f"cache {path} is not empty and is not a pinid embedding cache; choose another --cache")
-        if meta_path.is_file():
-            meta = _read_meta(meta_path)
-            if meta.get("identity") != identity:
-                if not reset:
-                    raise EncoderMismatchError(_mismatch_message(path, meta.get("identity") or {}, identity))
-            if reset:
+        if path.is_dir() and any(path.iterdir()):
+            if not meta_path.is_file():
+                raise InputError(f"cache {path} is not empty and is not a pinid embedding cache; "
+                                 "choose another --cache")
+            meta = _read_meta(meta_path, reset)
+            if meta is None:  # damaged, and reset asked for
+                if not _recognisably_cache(path):
+                    raise InputError(f"cache {path}: {META_FILE} is damaged and the folder is not recognisably a "
+                                     f"pinid embedding cache ({META_FILE} and chunk-*.npy files only), so "
+                                     "--reset-cache leaves it alone; delete it yourself or choose another --cache")
                 _clear(path)
+            elif reset:
+                _clear(path)
+            elif meta.get("format_version") != FORMAT_VERSION:
+                raise InputError(f"cache {path} has format version {meta.get('format_version')}, this pinid "
+                                 f"reads {FORMAT_VERSION}; pass --reset-cache to rebuild it")
+            elif meta.get("identity") != identity:
+                raise EncoderMismatchError(_mismatch_message(path, meta.get("identity") or {}, identity))
         path.mkdir(parents=True, exist_ok=True)
         if not meta_path.is_file():
             write_file_atomically(meta_path, (json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
@@ -161,17 +177,28 @@ class EmbeddingCache:
             self._where[key.tobytes()] = (position, row)
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def _read_meta(path: Path, reset: bool) -> dict[str, Any] | None:
+    """The cache's metadata; ``None`` when it is damaged and ``reset`` will discard it.
+
+    Damaged (unreadable, not JSON, not an object) is an ``InputError`` naming
+    the folder and ``--reset-cache``; a JSON object of another format is not
+    ours and is refused even with ``reset``. Another format version is returned
+    so that the caller can refuse it or, with ``reset``, discard it.
+    """
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cache {path.parent}: {META_FILE} is damaged ({exc}); delete the folder or pass "
-                         "--reset-cache") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        meta = parse_json(path.read_bytes().decode("utf-8"))
+        problem = None if isinstance(meta, dict) else f"a JSON {type(meta).__name__}, not an object"
+    except OSError as exc:
+        problem = f"cannot be read: {exc.strerror or exc}"
+    except (UnicodeDecodeError, ValueError) as exc:
+        problem = f"not valid JSON: {exc}"
+    if problem is not None:
+        if reset:
+            return None
+        raise InputError(f"cache {path.parent}: {META_FILE} is damaged ({problem}); pass --reset-cache to "
+                         "discard the cache, or choose another --cache")
+    if meta.get("format") != FORMAT_NAME:
         raise InputError(f"{path.parent} is not a pinid embedding cache; choose another --cache")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"cache {path.parent} has format version {meta.get('format_version')}, this pinid "
-                         f"reads {FORMAT_VERSION}; pass --reset-cache to rebuild it")
     return meta
 
 
@@ -192,14 +219,32 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     write_file_atomically(path, buffer.getvalue())
 
 
+def _is_cache_file(name: str) -> bool:
+    """``cache.json``, a chunk file, or an atomic write's temporary file of either."""
+    return name == META_FILE or bool(_CHUNK_FILE.match(name)) or bool(_TEMPORARY.match(name))
+
+
+def _recognisably_cache(folder: Path) -> bool:
+    """Plain files with the cache's own names only, and chunk files among them or our format marker
+    in ``cache.json`` (a truncated one still starts with it): a lone foreign ``cache.json`` is not ours.
+    """
+    entries = list(folder.iterdir())
+    if not all(entry.is_file() and not entry.is_symlink() and _is_cache_file(entry.name) for entry in entries):
+        return False
+    if any(_CHUNK_FILE.match(entry.name) for entry in entries):
+        return True
+    try:
+        head = (folder / META_FILE).read_bytes()[:4096]
+    except OSError:
+        return False
+    return FORMAT_NAME.encode() in head or not head.strip()  # an empty one holds nothing to lose
+
+
 def _clear(folder: Path) -> None:
-    """Remove a cache's own files (and nothing else: the folder passed the format check)."""
+    """Remove a cache's own files, and nothing else (the caller checked the folder is a cache)."""
     for entry in folder.iterdir():
-        if entry.name == META_FILE or entry.name.startswith(("chunk-", ".chunk-", f".{META_FILE}")):
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        if _is_cache_file(entry.name) and (entry.is_file() or entry.is_symlink()):
+            entry.unlink()
 
 
 # ----------------------------------------------------------------- embedding

@@ -17,13 +17,13 @@ from pinid.dedup import DedupOptions, Listing, dedup, find_groups, read_listings
 from pinid.encoder.cache import EmbedOptions, Embedded
 from pinid.dedup.metrics import pairwise_scores
 from pinid.encoder.cache import EmbeddingCache
-from pinid.errors import CatalogueError, EncoderMismatchError, InputError
+from pinid.errors import CatalogueError, InputError
 from pinid.phash import WINDOWS, hamming, phash, photo_distance, window_hashes
 
 from tests.support import CountingEncoder, corrupt_files, draw_pin_image
 from tests.support import run
 
-PHASH_ONLY = DedupOptions(mode="photo", threshold=1.0)  # random test weights: trust the photo hash only
+PHASH_ONLY = DedupOptions(mode="photo", min_cosine=1.0)  # random test weights: trust the photo hash only
 
 
 def reupload(image: Image.Image, path: Path, crop: float = 1.0, size: int = 100) -> Path:
@@ -100,6 +100,33 @@ def test_knn_pairs_match_brute_force_exact_and_ivf(monkeypatch: pytest.MonkeyPat
     assert len(found & truth) / len(truth) >= 0.95 and found <= truth
 
 
+def test_knn_pairs_report_progress_in_the_one_stage_shape() -> None:
+    vectors = np.eye(8, dtype=np.float32)[np.arange(10) % 8]
+    calls: list[tuple[str, int, int]] = []
+    dedup_graph.knn_pairs(vectors, k=2, min_score=0.5, on_progress=lambda *args: calls.append(args))
+    assert calls and all(stage == "neighbours" and total == 10 for stage, _, total in calls)
+    assert calls[-1][1] == 10  # (stage, done, total): done counts up to total, like every other stage
+
+
+def test_find_groups_progress_is_stage_done_total(listings_dir: Path, tiny_encoder, tmp_path: Path) -> None:
+    calls: list[tuple[str, int, int]] = []
+    dedup(read_listings(listings_dir), tiny_encoder, EmbeddingCache.open(tmp_path / "cache", tiny_encoder.identity()),
+          PHASH_ONLY, on_progress=lambda *args: calls.append(args))
+    finished = {stage: (done, total) for stage, done, total in calls}
+    assert list(finished) == ["hashing", "encoding", "neighbours", "grouping"]
+    assert finished["hashing"] == (8, 8) and finished["neighbours"] == (7, 7) and finished["grouping"] == (7, 7)
+
+
+def test_options_name_direction_and_unit() -> None:
+    options = DedupOptions(mode="pin", min_cosine=0.8, max_phash_distance=6)
+    assert options.pin_min_cosine == 0.8 and options.photo_min_cosine == 0.97  # same photo: never looser
+    assert DedupOptions(mode="photo").photo_min_cosine == 0.97 and DedupOptions(mode="pin").pin_min_cosine == 0.90
+    with pytest.raises(InputError, match="cosine"):
+        DedupOptions(min_cosine=1.5)
+    with pytest.raises(InputError, match="between 0 and 64"):
+        DedupOptions(max_phash_distance=65)
+
+
 def test_hash_pairs_find_near_hashes_only() -> None:
     rng = np.random.default_rng(3)
     hashes = rng.integers(0, 2**63, size=(50, WINDOWS), dtype=np.int64).astype(np.uint64)
@@ -122,7 +149,7 @@ def test_chaining_trap_is_refused_unless_verified() -> None:
     vectors = np.array([[1, 0, 0], [np.cos(angle), np.sin(angle), 0],
                         [np.cos(2 * angle), np.sin(2 * angle), 0], [0, 0, 1]])
     listings = [Listing(name, Path(f"{name}.jpg")) for name in "ABCD"]
-    rows = by_id(find_groups(listings, _embedded(vectors), DedupOptions(mode="pin", threshold=0.85)))
+    rows = by_id(find_groups(listings, _embedded(vectors), DedupOptions(mode="pin", min_cosine=0.85)))
     assert rows["A"].group_id == rows["B"].group_id != rows["C"].group_id
     assert rows["B"].reason == "same_pin" and rows["C"].group_size == 1 and rows["D"].reason == "unique"
     assert rows["A"].representative == "A" and rows["B"].score == pytest.approx(0.9, abs=1e-5)
@@ -133,7 +160,7 @@ def test_chaining_trap_is_refused_unless_verified() -> None:
         asked.append((a.listing_id, b.listing_id))
         return "D" not in (a.listing_id, b.listing_id)
 
-    options = DedupOptions(mode="pin", threshold=0.85, verifier=verifier, verify_floor=0.5)
+    options = DedupOptions(mode="pin", min_cosine=0.85, verifier=verifier, verify_floor=0.5)
     rows = by_id(find_groups(listings, _embedded(vectors), options))
     assert rows["A"].group_id == rows["B"].group_id == rows["C"].group_id and rows["A"].group_size == 3
     assert rows["D"].group_size == 1 and asked
@@ -184,22 +211,6 @@ def test_interrupted_run_resumes_from_written_chunks(listings_dir: Path, tiny_en
     assert not list((tmp_path / "cache").glob(".*tmp"))  # no half-written files left behind
 
 
-def test_cache_of_another_encoder_is_refused(tiny_encoder, other_model_dir: Path, tmp_path: Path) -> None:
-    from pinid.encoder import Encoder
-
-    other = Encoder.load(f"local-dir:{other_model_dir}", device="cpu", offline=True)
-    cache = EmbeddingCache.open(tmp_path / "cache", tiny_encoder.identity())
-    cache.add_chunk([b"x" * 32], np.ones((1, 32), np.float32), np.zeros((1, WINDOWS), np.uint64))
-    with pytest.raises(EncoderMismatchError, match="--reset-cache"):
-        EmbeddingCache.open(tmp_path / "cache", other.identity())
-    assert len(EmbeddingCache.open(tmp_path / "cache", other.identity(), reset=True)) == 0
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "keep.jpg").write_bytes(b"not ours")
-    with pytest.raises(InputError, match="not a pinid embedding cache"):
-        EmbeddingCache.open(tmp_path / "photos", other.identity(), reset=True)
-    assert (tmp_path / "photos" / "keep.jpg").exists()
-
-
 def test_corrupt_listing_images_are_reported_not_fatal(listings_dir: Path, tiny_encoder, tmp_path: Path) -> None:
     bad = corrupt_files(listings_dir)
     (tmp_path / "gone.csv").write_text("listing_id,image\nmissing,nowhere.jpg\n")
@@ -212,29 +223,6 @@ def test_corrupt_listing_images_are_reported_not_fatal(listings_dir: Path, tiny_
         assert rows[path.name].reason == "unreadable" and rows[path.name].error
     assert rows["missing"].error == "file not found"
     assert rows["pin0.png"].group_size == 3
-
-
-# ----------------------------------------------------------------- against
-def test_against_index_reports_new_and_duplicates(make_catalogue, tiny_model_dir: Path, tmp_path: Path,
-                                                  capsys) -> None:
-    catalogue = make_catalogue(pins=4, images_per_pin=1)
-    code, _, err = run(capsys, "build-index", catalogue, "-o", tmp_path / "idx", "--model",
-                       f"local-dir:{tiny_model_dir}", "-q")
-    assert code == 0, err
-    new = tmp_path / "new"
-    new.mkdir()
-    shutil.copy(catalogue / "pin-001" / "img0.png", new / "copy.png")
-    reupload(Image.open(catalogue / "pin-002" / "img0.png"), new / "reup.jpg")
-    draw_pin_image(4242).save(new / "fresh.png")
-    (new / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    code, out, err = run(capsys, "dedup", "--against", tmp_path / "idx", new, "--threshold", "1", "--json")
-    assert code == 0, err
-    rows = {row["listing_id"]: row for row in json.loads(out)}
-    assert rows["copy.png"]["status"] == "duplicate" and rows["copy.png"]["reason"] == "exact_file"
-    assert rows["copy.png"]["match_pin_id"] == "pin-001"
-    assert rows["reup.jpg"]["reason"] == "same_photo" and rows["reup.jpg"]["match_pin_id"] == "pin-002"
-    assert rows["fresh.png"]["status"] == "new" and rows["broken.jpg"]["status"] == "unreadable"
-    assert "1 new" in err and "2 duplicates" in err and (new.parent / "pinid-dedup-cache").is_dir()
 
 
 # --------------------------------------------------------------------- CLI
@@ -305,11 +293,11 @@ def test_different_pins_on_look_alike_desks_are_not_the_same_photo(tmp_path: Pat
     _desk_photo(2, texture_seed=11).save(folder / "b.png")
     reupload(_desk_photo(1, texture_seed=10), folder / "a-reupload.jpg", crop=0.95, size=260)
     hashes = [window_hashes(Image.open(folder / name).convert("RGB")) for name in ("a.png", "b.png")]
-    assert photo_distance(hashes[0], hashes[1])[0] <= PHASH_ONLY.phash_distance  # the hash alone would merge them
+    assert photo_distance(hashes[0], hashes[1])[0] <= PHASH_ONLY.max_phash_distance  # the hash alone would merge them
     cache = EmbeddingCache.open(tmp_path / "cache", tiny_encoder.identity())
     rows = by_id(dedup(read_listings(folder), tiny_encoder, cache, PHASH_ONLY).rows)
     assert rows["a.png"].group_id == rows["a-reupload.jpg"].group_id
     assert rows["b.png"].group_id != rows["a.png"].group_id
-    unconfirmed = DedupOptions(mode="photo", threshold=1.0, confirm_photos=False)
+    unconfirmed = DedupOptions(mode="photo", min_cosine=1.0, confirm_photos=False)
     rows = by_id(dedup(read_listings(folder), tiny_encoder, cache, unconfirmed).rows)
     assert rows["b.png"].group_id == rows["a.png"].group_id  # what the confirmation prevents
