@@ -7,29 +7,82 @@ and the first ``candidates`` reference images are verified
 (:mod:`pinid.local.verify`). The calibrated ranking model orders them and the
 confidence model says how sure the best answer is
 (:mod:`pinid.identify.confidence`); the result is an ``Identification``.
+
+Every tunable of this path is in one frozen ``LocalConfig`` (features, vote,
+verification, candidate counts), which an index writes whole into its
+manifest and hands back to its ``Recogniser``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..errors import IndexFormatError
 from ..images import working_copy
-from ..local.features import BOARD_SIDE, QUERY_SIDE, query_features
+from ..local.config import Config, check, unknown_names
+from ..local.features import FeatureConfig, query_features
 from ..local.store import LocalStore
-from ..local.verify import Verification, colour_distance, verify
-from ..local.vote import vote
+from ..local.verify import Verification, VerifyConfig, colour_distance, verify
+from ..local.vote import VoteConfig, vote
 from ..results import Found, Identification, Match
 from .confidence import Calibration, ranking_features, sigmoid
 from .pin_table import PinTable
 
-DEFAULT_CANDIDATES = 50
-_BOARD_CANDIDATES = 80
-_COLOURWAY_SOURCES = 3  # aligned candidates whose colourways are checked too
-_OVERLAP = 0.3  # polygons overlapping more than this (intersection over the smaller) are one pin
+
+@dataclass(frozen=True)
+class CandidateConfig(Config):
+    """How many reference images are verified per photo, and when two found pins are one."""
+
+    max_candidates: int = 50  # merged CLIP and vote candidates verified per single-pin photo
+    max_board_candidates: int = 80  # ... per board photo
+    max_colourway_sources: int = 3  # aligned candidates whose colourways are checked too
+    same_pin_overlap_above: float = 0.3  # polygons overlapping more (intersection over the smaller) are one pin
+
+    def __post_init__(self) -> None:
+        check(self.max_candidates >= 1 and self.max_board_candidates >= 1, "candidate limits must be at least 1")
+        check(self.max_colourway_sources >= 0, "max_colourway_sources must be at least 0")
+        check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Every tunable from a photo to a ranked answer, in the JSON form an index's manifest keeps."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    vote: VoteConfig = field(default_factory=VoteConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"features": {...}, "vote": {...}, "verify": {...}, "candidates": {...}}``, every setting named."""
+        return {name: getattr(self, name).to_dict() for name in _SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "LocalConfig":
+        """The config a manifest records; missing sections and settings take today's defaults.
+
+        Raises:
+            IndexFormatError: not an object, an unknown section or setting, or a value of the wrong type
+                or out of range.
+        """
+        if not isinstance(data, dict):
+            raise IndexFormatError("local settings are not a JSON object")
+        unknown = [name for name in data if name not in _SECTIONS]
+        if unknown:
+            raise IndexFormatError(f"local settings: unknown section(s) {unknown_names(unknown)} "
+                                   "(made by another pinid?)")
+        return cls(**{name: kind.from_dict(data[name], f"local settings: {name}")
+                      for name, kind in _SECTIONS.items() if name in data})
+
+
+_SECTIONS: dict[str, type[Config]] = {"features": FeatureConfig, "vote": VoteConfig, "verify": VerifyConfig,
+                                      "candidates": CandidateConfig}
+# Kept for pinid/index/pin_index.py until it reads recogniser.config.candidates; do not add uses.
+DEFAULT_CANDIDATES = CandidateConfig.max_candidates
 
 
 @dataclass(frozen=True)
@@ -52,8 +105,10 @@ class Candidate:
 class Recogniser:
     """Verification and calibration over one index's local store and pin table (made by ``PinIndex``)."""
 
-    def __init__(self, store: LocalStore, vocabulary: Any, table: PinTable, calibration: Calibration) -> None:
+    def __init__(self, store: LocalStore, vocabulary: Any, table: PinTable, calibration: Calibration,
+                 config: LocalConfig = LocalConfig()) -> None:
         self.store = store
+        self.config = config
         self.vocabulary = vocabulary
         self.table = table
         self.image_pin_rows = dict(zip(table.image_ids.tolist(), table.image_pin_rows.tolist()))
@@ -64,17 +119,22 @@ class Recogniser:
             self.design_images.setdefault(self.designs[pin_row], []).append(image_id)
 
     def candidates(self, image: Image.Image, clip: Sequence[tuple[int, float]] = (), *,
-                   limit: int = DEFAULT_CANDIDATES, board: bool = False) -> tuple[list[Candidate], float]:
+                   limit: int | None = None, board: bool = False) -> tuple[list[Candidate], float]:
         """Verified candidates for a photo, best first, and the factor back to the photo's pixels.
 
-        ``clip`` lists (image id, cosine) from the CLIP search, best first.
+        ``clip`` lists (image id, cosine) from the CLIP search, best first;
+        ``limit`` defaults to the config's candidate count for single pins or boards.
         """
         import cv2
 
-        work, back = working_copy(image, BOARD_SIDE if board else QUERY_SIDE)
-        features = query_features(work, board=board)
+        config = self.config
+        if limit is None:
+            limit = config.candidates.max_board_candidates if board else config.candidates.max_candidates
+        work, back = working_copy(image, config.features.board_long_side_px if board
+                                  else config.features.query_long_side_px)
+        features = query_features(work, board=board, config=config.features)
         voted_ids, vote_totals = vote(self.vocabulary, self.store.row_image, features.descriptors,
-                                      features.keypoints, self.store.keypoints)
+                                      features.keypoints, self.store.keypoints, config=config.vote)
         votes = dict(zip(voted_ids.tolist(), vote_totals.tolist()))
         clip_scores = dict(clip)
         order: list[int] = []
@@ -84,7 +144,8 @@ class Recogniser:
             if len(order) == limit:
                 break
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
-        checked = verify(features, lab, [(image_id, self.store.entry(image_id)) for image_id in order])
+        checked = verify(features, lab, [(image_id, self.store.entry(image_id)) for image_id in order],
+                         config=config.verify)
         checked = self._with_colourways(checked, lab)
         order += [v.image_id for v in checked[len(order):]]
         scores = self.calibration.rank_score(ranking_features(
@@ -112,7 +173,7 @@ class Recogniser:
         by_image = {v.image_id: v for v in checked}
         aligned = sorted((v for v in checked if v.aligned), key=lambda v: -v.distinct_inliers)
         extra: list[Verification] = []
-        for source in aligned[:_COLOURWAY_SOURCES]:
+        for source in aligned[:self.config.candidates.max_colourway_sources]:
             design = self.designs[self.image_pin_rows[source.image_id]]
             source_box = self.store.entry(source.image_id).pin_box
             for sibling in self.design_images.get(design, ()):
@@ -121,16 +182,15 @@ class Recogniser:
                     continue
                 entry = self.store.entry(sibling)
                 homography = source.homography @ _box_to_box(entry.pin_box, source_box)
-                borrowed = Verification(sibling, source.matches, source.inliers, source.distinct_inliers, homography,
-                                        source.polygon, colour_distance(entry, lab, homography),
-                                        source.query_inliers)
+                borrowed = replace(source, image_id=sibling, homography=homography,
+                                   colour_distance=colour_distance(entry, lab, homography, config=self.config.verify))
                 by_image[sibling] = borrowed
                 if current is None:
                     extra.append(borrowed)
         return [by_image[v.image_id] for v in checked] + extra
 
     def identify(self, image: Image.Image, clip: Sequence[tuple[int, float]] = (), *, k: int = 5,
-                 limit: int = DEFAULT_CANDIDATES, query: str = "<image>") -> Identification:
+                 limit: int | None = None, query: str = "<image>") -> Identification:
         """The answer for one decoded photo: the top ``k`` pins and one calibrated confidence."""
         ranked, back = self.candidates(image, clip, limit=limit)
         confidence = self.confidence(ranked)
@@ -166,7 +226,7 @@ class Recogniser:
         lead = top.rank_score - (rival if rival is not None else self.calibration.ranking[0])
         return self.calibration.answer_confidence(top.rank_score, lead)
 
-    def find_all(self, image: Image.Image, *, limit: int = _BOARD_CANDIDATES, min_confidence: float | None = None
+    def find_all(self, image: Image.Image, *, limit: int | None = None, min_confidence: float | None = None
                  ) -> list[Found]:
         """Every pin verified in a board photo, with its confidence and polygon in photo pixels.
 
@@ -176,14 +236,15 @@ class Recogniser:
         """
         threshold = self.calibration.threshold if min_confidence is None else min_confidence
         ranked, back = self.candidates(image, limit=limit, board=True)
+        same_pin = self.config.candidates.same_pin_overlap_above
         aligned = [c for c in ranked if c.aligned]
         accepted: list[tuple[Candidate, float, np.ndarray]] = []
         for candidate in aligned:
             polygon = candidate.verification.polygon * back
-            if any(_overlap(polygon, other) > _OVERLAP for _, _, other in accepted):
+            if any(_overlap(polygon, other) > same_pin for _, _, other in accepted):
                 continue
             rivals = [c for c in aligned if c is not candidate
-                      and _overlap(polygon, c.verification.polygon * back) > _OVERLAP]
+                      and _overlap(polygon, c.verification.polygon * back) > same_pin]
             confidence = self.confidence([candidate, *rivals])
             if confidence >= threshold and confidence > 0:
                 accepted.append((candidate, confidence, polygon))

@@ -3,8 +3,8 @@
 Pins are flat, so a photo of a pin is a homography of its catalogue image;
 local features matched under one homography are strong proof of identity and
 need no model weights at all. Each reference image keeps at most
-``MAX_REFERENCE_FEATURES`` keypoints plus a small Lab thumbnail for the colour
-check, together under 64 KB (750 x 72 B + 48 x 48 x 4 B = 63,216 B).
+``FeatureConfig.max_reference_features`` keypoints plus a small Lab thumbnail
+for the colour check, together under 64 KB (750 x 72 B + 48 x 48 x 4 B = 63,216 B).
 
 Reference features are taken from several simulated views of the product shot
 (three scales, and four directions of a 48-degree tilt, as in ASIFT): phone
@@ -14,6 +14,11 @@ geometrically correct matches per query at one scale, 13.8 with the views).
 Half the views show the pin cut out onto a dark backdrop: a product shot is
 light around the pin, photos are often dark, and the gradient across the
 pin's rim, where many keypoints sit, then points the other way.
+
+The tunables (how many keypoints, at what image size, which views) are one
+frozen ``FeatureConfig``, written whole into each index's manifest.
+``DESCRIPTOR_DIMS``, ``CODE_SCALE`` and ``THUMBNAIL_SIDE`` are not tunables:
+they are facts of the shipped PCA table and of the stored arrays.
 
 Descriptors are RootSIFT projected to ``DESCRIPTOR_DIMS`` dimensions by a
 fixed PCA shipped with pinid (``rootsift_pca.npy``, fitted on generated pin
@@ -33,23 +38,50 @@ Storage in ``INDEX_DIR/local/`` (NumPy ``.npy``, read with ``allow_pickle=False`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
+from .config import Config, check
 
-MAX_REFERENCE_FEATURES = 750
+# Fixed facts, not tunables: the shipped PCA table's width, its uint8 coding, the stored thumbnail's side.
 DESCRIPTOR_DIMS = 64
-MAX_QUERY_FEATURES = 4000
-MAX_BOARD_FEATURES = 5000
-QUERY_SIDE = 1024
-BOARD_SIDE = 1600
-THUMBNAIL_SIDE = 48
 CODE_SCALE = 200.0  # PCA coordinates of unit RootSIFT stay within +-0.6 (99.99 %: 0.55): x200 + 128 fits uint8
-_DARK_BACKDROP = 60  # grey level of the cut-out views
-_CONTRAST = 0.02  # OpenCV's default 0.04 finds too few points on flat enamel
-_TILT = 1.5  # 1 / cos(48 degrees)
-_FOREGROUND_DIFFERENCE = 40  # grey levels from the backdrop that count as pin
+THUMBNAIL_SIDE = 48
+
+
+@dataclass(frozen=True)
+class FeatureConfig(Config):
+    """How keypoints are found and how many are kept, for reference shots and for photos."""
+
+    max_reference_features: int = 750  # per reference image, all views together (the 64 KB budget)
+    max_query_features: int = 4000  # strongest keypoints kept of a single-pin photo
+    max_board_features: int = 5000  # ... of a board photo
+    query_long_side_px: int = 1024  # a photo is reduced to this long side before extraction
+    board_long_side_px: int = 1600
+    sift_contrast_threshold: float = 0.02  # OpenCV's default 0.04 finds too few points on flat enamel
+    reference_view_long_sides_px: tuple[int, ...] = (512, 256, 128)  # untilted views of a product shot
+    tilt_factor: float = 1.5  # 1 / cos(48 degrees): how much the tilted views foreshorten
+    tilt_directions_deg: tuple[int, ...] = (0, 45, 90, 135)
+    tilted_view_long_sides_px: tuple[int, ...] = (384, 192)
+    dark_backdrop_grey: int = 60  # grey level of the cut-out views
+    foreground_difference_above: int = 40  # grey levels from the backdrop above which a pixel is pin
+
+    def __post_init__(self) -> None:
+        for name in ("max_reference_features", "max_query_features", "max_board_features",
+                     "query_long_side_px", "board_long_side_px"):
+            check(getattr(self, name) >= 1, f"{name} must be at least 1")
+        check(self.sift_contrast_threshold > 0, "sift_contrast_threshold must be above 0")
+        check(self.tilt_factor >= 1, "tilt_factor must be at least 1")
+        check(all(side >= 1 for side in self.reference_view_long_sides_px + self.tilted_view_long_sides_px),
+              "view sides must be at least 1 px")
+        check(0 <= self.dark_backdrop_grey <= 255, "dark_backdrop_grey must be 0..255")
+        check(0 <= self.foreground_difference_above <= 255, "foreground_difference_above must be 0..255")
+
+
+# Kept for pinid/index/build.py until it reads FeatureConfig; do not add uses.
+MAX_REFERENCE_FEATURES = FeatureConfig.max_reference_features
 
 
 @dataclass(frozen=True)
@@ -107,11 +139,12 @@ def encode_descriptors(descriptors: np.ndarray) -> np.ndarray:
 
 
 
-def _sift(grey: np.ndarray, limit: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sift(grey: np.ndarray, contrast: float = FeatureConfig.sift_contrast_threshold
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keypoints (n, 4), responses (n,) and raw SIFT descriptors of a grey image."""
     import cv2
 
-    detector = cv2.SIFT_create(nfeatures=limit, contrastThreshold=_CONTRAST)
+    detector = cv2.SIFT_create(nfeatures=0, contrastThreshold=contrast)
     keypoints, descriptors = detector.detectAndCompute(grey, None)
     if descriptors is None or not keypoints:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 128), np.float32)
@@ -124,73 +157,92 @@ def _grey_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("L")))
 
 
-def query_features(image: Image.Image, *, board: bool = False) -> Features:
+def query_features(image: Image.Image, *, board: bool = False, config: FeatureConfig = FeatureConfig()
+                   ) -> Features:
     """Features of a photo at a bounded size; coordinates are in the photo's own pixels."""
     import cv2
 
-    side, limit = (BOARD_SIDE, MAX_BOARD_FEATURES) if board else (QUERY_SIDE, MAX_QUERY_FEATURES)
+    side, limit = ((config.board_long_side_px, config.max_board_features) if board
+                   else (config.query_long_side_px, config.max_query_features))
     grey = _grey_array(image)
     scale = min(1.0, side / max(grey.shape))
     if scale < 1.0:
         grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    points, responses, descriptors = _sift(grey)
+    points, responses, descriptors = _sift(grey, config.sift_contrast_threshold)
     keep = np.argsort(-responses, kind="stable")[:limit]
     points = points[keep]
     points[:, :3] /= scale
     return Features(points, encode_descriptors(descriptors[keep]), image.width, image.height)
 
 
-def _views(width: int, height: int) -> list[tuple[np.ndarray, int]]:
+def _views(width: int, height: int, config: FeatureConfig) -> list[tuple[np.ndarray, int]]:
     """(affine map reference -> view, long side of the view) for each simulated view."""
     import cv2
 
-    views = [(np.eye(3), side) for side in (512, 256, 128)]
-    for angle in (0, 45, 90, 135):
+    views = [(np.eye(3), side) for side in config.reference_view_long_sides_px]
+    for angle in config.tilt_directions_deg:
         rotate = np.vstack([cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0), [0, 0, 1]])
-        affine = np.linalg.inv(rotate) @ np.diag([1.0, 1.0 / _TILT, 1.0]) @ rotate
-        views += [(affine, 384), (affine, 192)]
+        affine = np.linalg.inv(rotate) @ np.diag([1.0, 1.0 / config.tilt_factor, 1.0]) @ rotate
+        views += [(affine, side) for side in config.tilted_view_long_sides_px]
     return views
 
 
-def _on_dark_backdrop(image: Image.Image) -> Image.Image:
+def _on_dark_backdrop(image: Image.Image, config: FeatureConfig) -> Image.Image:
     """The pin cut out (by its mask, edges softened) and laid on a dark grey backdrop."""
     import cv2
 
-    mask = cv2.erode(pin_mask(image), np.ones((3, 3), np.uint8))
+    mask = cv2.erode(pin_mask(image, config=config), np.ones((3, 3), np.uint8))
     soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)[..., None]
     pixels = np.asarray(image.convert("RGB")).astype(np.float32)
-    return Image.fromarray((pixels * soft + _DARK_BACKDROP * (1 - soft)).clip(0, 255).astype(np.uint8))
+    return Image.fromarray((pixels * soft + config.dark_backdrop_grey * (1 - soft)).clip(0, 255).astype(np.uint8))
 
 
-def reference_features(image: Image.Image, max_features: int | None = None) -> Features:
+def reference_features(image: Image.Image, max_features: int | None = None, *,
+                       config: FeatureConfig = FeatureConfig()) -> Features:
     """Features of a product shot from all simulated views, mapped back to its own pixels.
 
     Each view, on the shot's own backdrop and on a dark one, gets an equal
-    share of ``max_features`` (its strongest keypoints); points found in a
-    tilted view keep that view's descriptor, which is the one a tilted photo
-    will show.
+    share of ``max_features`` (default ``config.max_reference_features``, its
+    strongest keypoints); points found in a tilted view keep that view's
+    descriptor, which is the one a tilted photo will show.
     """
-    max_features = MAX_REFERENCE_FEATURES if max_features is None else max_features
-    light = _view_features(image, max(1, max_features // 2))
-    dark = _view_features(_on_dark_backdrop(image), max(1, max_features - max_features // 2))
+    max_features = config.max_reference_features if max_features is None else max_features
+    light = _view_features(image, max(1, max_features // 2), config)
+    dark = _view_features(_on_dark_backdrop(image, config), max(1, max_features - max_features // 2), config)
     return Features(np.concatenate([light.keypoints, dark.keypoints]),
                     np.concatenate([light.descriptors, dark.descriptors]), image.width, image.height)
 
 
-def _view_features(image: Image.Image, max_features: int) -> Features:
+def _view_images(grey: np.ndarray, config: FeatureConfig) -> Iterator[tuple[np.ndarray, float, np.ndarray]]:
+    """(affine map reference -> view, scale of the view, the view's grey pixels) for each simulated view."""
     import cv2
 
-    grey = _grey_array(image)
     height, width = grey.shape
-    views = _views(width, height)
-    share = max(1, max_features // len(views))
-    all_points, all_descriptors = [], []
-    for affine, side in views:
+    for affine, side in _views(width, height, config):
         warped = grey if np.allclose(affine, np.eye(3)) else cv2.warpAffine(
             grey, affine[:2], (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         scale = min(1.0, side / max(width, height))
         view = cv2.resize(warped, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else warped
-        points, responses, descriptors = _sift(view)
+        yield affine, scale, view
+
+
+def reference_sift_descriptors(image: Image.Image, *, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Raw SIFT descriptors (n, 128) of every simulated view of a product shot, on its own backdrop and on a
+    dark one: what the shipped RootSIFT PCA is fitted on (``scripts/fit_descriptor_pca.py``)."""
+    found = [np.zeros((0, 128), np.float32)]
+    for shot in (image, _on_dark_backdrop(image, config)):
+        for _, _, view in _view_images(_grey_array(shot), config):
+            found.append(_sift(view, config.sift_contrast_threshold)[2])
+    return np.concatenate(found)
+
+
+def _view_features(image: Image.Image, max_features: int, config: FeatureConfig) -> Features:
+    grey = _grey_array(image)
+    height, width = grey.shape
+    share = max(1, max_features // len(_views(width, height, config)))
+    all_points, all_descriptors = [], []
+    for affine, scale, view in _view_images(grey, config):
+        points, responses, descriptors = _sift(view, config.sift_contrast_threshold)
         if not len(points):
             continue
         keep = np.argsort(-responses, kind="stable")[:share]
@@ -209,23 +261,23 @@ def _view_features(image: Image.Image, max_features: int) -> Features:
                     encode_descriptors(np.concatenate(all_descriptors))[:max_features], width, height)
 
 
-def pin_mask(image: Image.Image) -> np.ndarray:
+def pin_mask(image: Image.Image, *, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
     """Where the pin is in a product shot: pixels that differ from the backdrop (the border's median)."""
     import cv2
 
     pixels = np.asarray(image.convert("RGB")).astype(np.int16)
     ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     backdrop = np.median(ring, axis=0)
-    mask = (np.abs(pixels - backdrop).max(axis=2) > _FOREGROUND_DIFFERENCE).astype(np.uint8)
+    mask = (np.abs(pixels - backdrop).max(axis=2) > config.foreground_difference_above).astype(np.uint8)
     return cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
 
 
-def reference_entry(image: Image.Image) -> ReferenceEntry:
+def reference_entry(image: Image.Image, *, config: FeatureConfig = FeatureConfig()) -> ReferenceEntry:
     """Everything verification needs from one reference image."""
     import cv2
 
     rgb = np.asarray(image.convert("RGB"))
-    mask = pin_mask(image)
+    mask = pin_mask(image, config=config)
     ys, xs = np.nonzero(mask)
     if len(xs) < 16:  # no visible pin: the whole image is the pin
         box = (0.0, 0.0, float(image.width), float(image.height))
@@ -239,4 +291,4 @@ def reference_entry(image: Image.Image) -> ReferenceEntry:
     # a thumbnail pixel counts as pin only if it is wholly pin: edges mix in the backdrop
     inside = cv2.resize(mask[y0:y1, x0:x1].astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.99
     colour = np.dstack([thumbnail, inside.astype(np.uint8) * 255])
-    return ReferenceEntry(reference_features(image), box, colour)
+    return ReferenceEntry(reference_features(image, config=config), box, colour)

@@ -10,25 +10,44 @@ keypoint and differ only there.
 
 All candidates are matched in one exact FAISS search of their stacked
 descriptors against the photo's, which keeps K=50 within the time budget
-(``scripts/bench_verify.py``).
+(``scripts/bench_verify.py``). The tunables are one frozen ``VerifyConfig``,
+written whole into each index's manifest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .config import Config, check
 from .features import THUMBNAIL_SIDE, Features, ReferenceEntry
 
-RATIO = 0.9  # Lowe's ratio test on reference -> photo matches (0.85 lost a third of correct matches)
-MIN_MATCHES = 5  # ratio-test matches left after the Hough filter
-MIN_INLIERS = 4  # pins show few keypoints; the calibrated models weigh how many
-_REPROJECTION = 0.02  # RANSAC threshold as a share of the reference image's long side
-_CELLS = 64  # distinct-location grid per reference side
-_MAX_ANISOTROPY = 4.0  # tilt up to about 75 degrees
-_MIN_AREA_PX = 24 * 24  # the pin must cover at least this much of the photo
-_REGIONS = 6
+
+@dataclass(frozen=True)
+class VerifyConfig(Config):
+    """When a candidate counts as aligned, and how its colours are compared."""
+
+    ratio_test_max: float = 0.9  # Lowe's ratio, reference -> photo (0.85 lost a third of correct matches)
+    min_matches: int = 5  # ratio-test matches, before and after the Hough filter
+    min_inliers: int = 4  # RANSAC inliers; pins show few keypoints, the calibrated models weigh how many
+    max_reprojection_share: float = 0.02  # RANSAC threshold as a share of the reference image's long side
+    ransac_max_iterations: int = 4000
+    ransac_confidence: float = 0.995
+    homography_min_inliers: int = 8  # affine inliers needed before a full homography is tried
+    distinct_cells_per_side: int = 64  # grid over the reference on which distinct inliers are counted
+    max_anisotropy: float = 4.0  # singular-value ratio of the map: tilt up to about 75 degrees
+    min_pin_area_px: float = 576.0  # 24 x 24: the pin must cover at least this much of the photo
+    max_colour_regions: int = 6  # enamel regions (k-means clusters of the reference) compared by colour
+
+    def __post_init__(self) -> None:
+        check(0 < self.ratio_test_max <= 1, "ratio_test_max must be in (0, 1]")
+        check(0 < self.ransac_confidence < 1, "ransac_confidence must be in (0, 1)")
+        check(self.max_reprojection_share > 0, "max_reprojection_share must be above 0")
+        for name in ("min_matches", "min_inliers", "homography_min_inliers", "min_pin_area_px"):
+            check(getattr(self, name) >= 0, f"{name} must be at least 0")
+        for name in ("ransac_max_iterations", "distinct_cells_per_side", "max_anisotropy", "max_colour_regions"):
+            check(getattr(self, name) >= 1, f"{name} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -57,7 +76,8 @@ def _failed(image_id: int, matches: int = 0) -> Verification:
     return Verification(image_id, matches, 0, 0, None, None, float("nan"), np.zeros(0, np.int64))
 
 
-def match_all(query: Features, references: list[Features]) -> list[tuple[np.ndarray, np.ndarray]]:
+def match_all(query: Features, references: list[Features], *, config: VerifyConfig = VerifyConfig()
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Ratio-test matches (reference rows, query rows) for each reference, one photo feature used once."""
     import faiss
 
@@ -72,7 +92,7 @@ def match_all(query: Features, references: list[Features]) -> list[tuple[np.ndar
     squared, which = faiss.knn(stacked, np.ascontiguousarray(query.descriptors, dtype=np.float32), 2,
                                faiss.METRIC_L2)
     best = np.sqrt(np.maximum(squared, 0.0))
-    passed = best[:, 0] < RATIO * best[:, 1]
+    passed = best[:, 0] < config.ratio_test_max * best[:, 1]
     result = []
     start = 0
     for size in sizes:
@@ -101,7 +121,7 @@ def _hough_filter(ref_kp: np.ndarray, query_kp: np.ndarray) -> np.ndarray:
             & (np.abs(log_scale - centre_scale) <= 1.0))
 
 
-def _sane(homography: np.ndarray, outline: np.ndarray, photo_area: float) -> bool:
+def _sane(homography: np.ndarray, outline: np.ndarray, photo_area: float, config: VerifyConfig) -> bool:
     import cv2
 
     try:
@@ -111,10 +131,10 @@ def _sane(homography: np.ndarray, outline: np.ndarray, photo_area: float) -> boo
     if not np.all(np.isfinite(projected)) or not cv2.isContourConvex(projected.astype(np.float32)):
         return False
     area = cv2.contourArea(projected.astype(np.float32))
-    if area < _MIN_AREA_PX or area > 4.0 * photo_area:
+    if area < config.min_pin_area_px or area > 4.0 * photo_area:
         return False
     singular = np.linalg.svd(homography[:2, :2] / homography[2, 2], compute_uv=False)
-    if singular[1] <= 1e-6 or singular[0] / singular[1] > _MAX_ANISOTROPY:
+    if singular[1] <= 1e-6 or singular[0] / singular[1] > config.max_anisotropy:
         return False
     # perspective must stay mild across the pin: compare the projected side lengths
     sides = np.linalg.norm(projected - np.roll(projected, 1, axis=0), axis=1)
@@ -127,30 +147,32 @@ def _distinct(points: np.ndarray, cell: float) -> int:
 
 
 def verify_geometry(image_id: int, entry: ReferenceEntry, query: Features, ref_rows: np.ndarray,
-                    query_rows: np.ndarray, photo_area: float) -> Verification:
+                    query_rows: np.ndarray, photo_area: float, *, config: VerifyConfig = VerifyConfig()
+                    ) -> Verification:
     """Fit and check one reference -> photo homography from ratio-test matches."""
     import cv2
 
     matches = len(ref_rows)
-    if matches < MIN_MATCHES:
+    if matches < config.min_matches:
         return _failed(image_id, matches)
     ref_kp, query_kp = entry.features.keypoints[ref_rows], query.keypoints[query_rows]
     keep = _hough_filter(ref_kp, query_kp)
-    if keep.sum() < MIN_MATCHES:
+    if keep.sum() < config.min_matches:
         return _failed(image_id, matches)
     ref_rows, query_rows = ref_rows[keep], query_rows[keep]
     ref_xy = np.ascontiguousarray(ref_kp[keep, :2], dtype=np.float32)
     query_xy = np.ascontiguousarray(query_kp[keep, :2], dtype=np.float32)
     long_side = float(max(entry.features.width, entry.features.height))
-    threshold = _REPROJECTION * long_side
+    threshold = config.max_reprojection_share * long_side
     # RANSAC in the reference frame, so that the threshold does not depend on the photo's size
-    affine, mask = cv2.estimateAffine2D(query_xy, ref_xy, method=cv2.RANSAC,
-                                        ransacReprojThreshold=threshold, maxIters=4000, confidence=0.995)
-    if affine is None or mask is None or mask.sum() < MIN_INLIERS:
+    affine, mask = cv2.estimateAffine2D(query_xy, ref_xy, method=cv2.RANSAC, ransacReprojThreshold=threshold,
+                                        maxIters=config.ransac_max_iterations, confidence=config.ransac_confidence)
+    if affine is None or mask is None or mask.sum() < config.min_inliers:
         return _failed(image_id, matches)
     inlier = mask.ravel().astype(bool)
     to_reference = np.vstack([affine, [0.0, 0.0, 1.0]])
-    if inlier.sum() >= 8:  # refine to a full homography on the affine inliers when it holds as many
+    # refine to a full homography on the affine inliers when it keeps (almost) as many
+    if inlier.sum() >= config.homography_min_inliers:
         homography, hmask = cv2.findHomography(query_xy[inlier], ref_xy[inlier], cv2.RANSAC, threshold)
         if homography is not None and hmask is not None and hmask.sum() >= 0.9 * inlier.sum():
             to_reference = homography
@@ -160,9 +182,9 @@ def verify_geometry(image_id: int, entry: ReferenceEntry, query: Features, ref_r
     except np.linalg.LinAlgError:
         return _failed(image_id, matches)
     outline = entry.outline
-    if not _sane(to_photo, outline, photo_area):
+    if not _sane(to_photo, outline, photo_area, config):
         return _failed(image_id, matches)
-    cell = long_side / _CELLS
+    cell = long_side / config.distinct_cells_per_side
     photo_cell = max(2.0, cell * np.sqrt(abs(np.linalg.det(to_photo[:2, :2] / to_photo[2, 2]))))
     distinct = min(_distinct(ref_xy[inlier], cell), _distinct(query_xy[inlier], photo_cell))
     polygon = cv2.perspectiveTransform(outline.reshape(-1, 1, 2), to_photo).reshape(-1, 2)
@@ -170,7 +192,8 @@ def verify_geometry(image_id: int, entry: ReferenceEntry, query: Features, ref_r
                         float("nan"), query_rows[inlier])
 
 
-def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np.ndarray) -> float:
+def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np.ndarray, *,
+                    config: VerifyConfig = VerifyConfig()) -> float:
     """Area-weighted distance between the reference's enamel regions and the aligned photo, in Lab units.
 
     Regions are the reference thumbnail's main colours (k-means); each is
@@ -203,7 +226,7 @@ def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np
         return float("nan")
     reference = entry.colour[:, :, :3][inside].astype(np.float32)
     photo = warped[inside].astype(np.float32)
-    regions = min(_REGIONS, len(np.unique(reference.astype(np.int32) // 8, axis=0)))
+    regions = min(config.max_colour_regions, len(np.unique(reference.astype(np.int32) // 8, axis=0)))
     if regions > 1:
         criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
         cv2.setRNGSeed(0)
@@ -222,19 +245,18 @@ def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np
 
 
 def verify(query: Features, photo_lab: np.ndarray, candidates: list[tuple[int, ReferenceEntry]],
-           *, colour: bool = True) -> list[Verification]:
+           *, colour: bool = True, config: VerifyConfig = VerifyConfig()) -> list[Verification]:
     """Verify every candidate (image id, entry) against one photo, in the candidates' order."""
     photo_area = float(query.width * query.height)
-    matched = match_all(query, [entry.features for _, entry in candidates])
+    matched = match_all(query, [entry.features for _, entry in candidates], config=config)
     results = []
     for (image_id, entry), (ref_rows, query_rows) in zip(candidates, matched):
-        result = verify_geometry(image_id, entry, query, ref_rows, query_rows, photo_area)
+        result = verify_geometry(image_id, entry, query, ref_rows, query_rows, photo_area, config=config)
         if colour and result.homography is not None:
-            distance = colour_distance(entry, photo_lab, result.homography)
-            result = Verification(result.image_id, result.matches, result.inliers, result.distinct_inliers,
-                                  result.homography, result.polygon, distance, result.query_inliers)
+            result = replace(result, colour_distance=colour_distance(entry, photo_lab, result.homography,
+                                                                     config=config))
         results.append(result)
     return results
 
 
-__all__ = ["Verification", "verify", "match_all", "verify_geometry", "colour_distance"]
+__all__ = ["Verification", "VerifyConfig", "verify", "match_all", "verify_geometry", "colour_distance"]

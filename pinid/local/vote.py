@@ -1,6 +1,6 @@
 """The weight-free candidate stage: nearest reference descriptors vote for their images.
 
-Every query descriptor looks up its ``NEIGHBOURS`` nearest reference
+Every query descriptor looks up its ``neighbours_per_descriptor`` nearest reference
 descriptors in one FAISS index over all reference images and votes at most
 once per image, for its nearest neighbour there, with weight ``1 - d / d_next``
 (``d_next``: distance of the nearest neighbour in the next other image, a
@@ -14,40 +14,56 @@ geometric check (top 1: 0.17 -> 0.23); 16 to 64 neighbours and 16 to 48
 probed lists made no difference.
 
 Small catalogues use an exact flat index; larger ones an inverted file with
-8-bit codes (the quantised RootSIFT values are stored exactly).
+8-bit codes (the quantised RootSIFT values are stored exactly). The tunables
+are one frozen ``VoteConfig``, written whole into each index's manifest.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import IndexFormatError
+from .config import Config, check
 from .features import DESCRIPTOR_DIMS
 
-NEIGHBOURS = 16
-BACKGROUND_RANK = 1  # measured on 80 full-benchmark queries: r@10 0.24 (1), 0.21 (4), 0.17 (8)
-PROBES = 16
-_EXACT_LIMIT = 60_000  # descriptors; below this a flat scan is fast and needs no training
-_MAX_LISTS = 4096
-_ROTATION_BINS = 8  # 45 degrees
-_SCALE_BINS = 12
-_SCALE_BIN = 1.0  # octaves
+
+@dataclass(frozen=True)
+class VoteConfig(Config):
+    """How the vocabulary is searched and how votes are counted."""
+
+    neighbours_per_descriptor: int = 16  # reference descriptors looked up per query descriptor
+    background_image_rank: int = 1  # 80 full-benchmark queries: r@10 0.24 (1), 0.21 (4), 0.17 (8)
+    inverted_lists_probed: int = 16  # of an inverted-file vocabulary, per lookup
+    exact_search_max_descriptors: int = 60_000  # up to this many a flat scan is fast and needs no training
+    max_inverted_lists: int = 4096
+    rotation_bins: int = 8  # 45 degrees each
+    scale_bins: int = 12
+    scale_bin_octaves: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("neighbours_per_descriptor", "inverted_lists_probed", "max_inverted_lists",
+                     "rotation_bins", "scale_bins"):
+            check(getattr(self, name) >= 1, f"{name} must be at least 1")
+        check(self.background_image_rank >= 0, "background_image_rank must be at least 0")
+        check(self.exact_search_max_descriptors >= 0, "exact_search_max_descriptors must be at least 0")
+        check(self.scale_bin_octaves > 0, "scale_bin_octaves must be above 0")
 
 
-def build_vocabulary(descriptors: np.ndarray, seed: int = 0) -> Any:
+def build_vocabulary(descriptors: np.ndarray, seed: int = 0, *, config: VoteConfig = VoteConfig()) -> Any:
     """A FAISS index over all reference descriptors (ids = descriptor rows)."""
     import faiss
 
     data = np.ascontiguousarray(descriptors, dtype=np.float32).reshape(len(descriptors), DESCRIPTOR_DIMS)
     count = len(data)
-    if count <= _EXACT_LIMIT:
+    if count <= config.exact_search_max_descriptors:
         index = faiss.IndexFlatL2(DESCRIPTOR_DIMS)
     else:
-        lists = int(min(4 * math.sqrt(count), count // 40, _MAX_LISTS))
+        lists = int(min(4 * math.sqrt(count), count // 40, config.max_inverted_lists))
         quantiser = faiss.IndexFlatL2(DESCRIPTOR_DIMS)
         index = faiss.IndexIVFScalarQuantizer(quantiser, DESCRIPTOR_DIMS, lists,
                                               faiss.ScalarQuantizer.QT_8bit_direct,
@@ -66,7 +82,7 @@ def write_vocabulary(index: Any, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def read_vocabulary(path: Path, expected: int) -> Any:
+def read_vocabulary(path: Path, expected: int, *, config: VoteConfig = VoteConfig()) -> Any:
     import faiss
 
     try:
@@ -78,17 +94,17 @@ def read_vocabulary(path: Path, expected: int) -> Any:
         raise IndexFormatError(f"{path} holds {index.ntotal} descriptors, the local store {expected}; "
                                "rebuild the index")
     if hasattr(index, "nprobe"):
-        index.nprobe = PROBES
+        index.nprobe = config.inverted_lists_probed
     else:
         try:
-            faiss.extract_index_ivf(index).nprobe = PROBES
+            faiss.extract_index_ivf(index).nprobe = config.inverted_lists_probed
         except RuntimeError:
             pass
     return index
 
 
 def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypoints: np.ndarray,
-         reference_keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+         reference_keypoints: np.ndarray, *, config: VoteConfig = VoteConfig()) -> tuple[np.ndarray, np.ndarray]:
     """(image ids, votes) for every image that got a vote, best first.
 
     Keypoints (n, 4: x, y, size, angle) of the query and of every reference
@@ -100,7 +116,7 @@ def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypo
     if len(descriptors) == 0 or index.ntotal == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     distances, rows = index.search(np.ascontiguousarray(descriptors, dtype=np.float32),
-                                   min(NEIGHBOURS, index.ntotal))
+                                   min(config.neighbours_per_descriptor, index.ntotal))
     distances = np.sqrt(np.maximum(distances, 0))
     images = np.where(rows >= 0, row_image[np.where(rows >= 0, rows, 0)], -1)
     # keep each image's nearest neighbour per query descriptor (columns are sorted by distance)
@@ -109,21 +125,22 @@ def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypo
         first[:, column] = ~(images[:, :column] == images[:, column:column + 1]).any(axis=1)
     first &= images >= 0
     rank = np.cumsum(first, axis=1) - 1  # 0 for the nearest image, 1 for the next distinct one...
-    # background: the distance at which the BACKGROUND_RANK-th distinct image appears (or the farthest seen)
-    background = np.where(first & (rank == BACKGROUND_RANK), distances, np.inf).min(axis=1)
+    # background: the distance at which the background_image_rank-th distinct image appears (or the farthest seen)
+    background = np.where(first & (rank == config.background_image_rank), distances, np.inf).min(axis=1)
     background = np.where(np.isfinite(background), background, distances[:, -1])[:, None]
     weights = np.clip(1.0 - distances / np.maximum(background, 1e-6), 0.0, 1.0) * first
     chosen = first & (weights > 0)
     chosen_images, chosen_weights = images[chosen], weights[chosen]
     reference = np.asarray(reference_keypoints[rows[chosen]], dtype=np.float32).reshape(-1, 4)
     query = query_keypoints[np.nonzero(chosen)[0]]
-    turn = ((query[:, 3] - reference[:, 3]) % 360.0 // (360.0 / _ROTATION_BINS)).astype(np.int64)
+    rotation_bins, scale_bins = config.rotation_bins, config.scale_bins
+    turn = ((query[:, 3] - reference[:, 3]) % 360.0 // (360.0 / rotation_bins)).astype(np.int64)
     scale = np.clip(np.floor(np.log2(np.maximum(query[:, 2], 1e-3) / np.maximum(reference[:, 2], 1e-3))
-                             / _SCALE_BIN) + _SCALE_BINS // 2, 0, _SCALE_BINS - 1).astype(np.int64)
-    keys = (chosen_images * _ROTATION_BINS + turn) * _SCALE_BINS + scale
+                             / config.scale_bin_octaves) + scale_bins // 2, 0, scale_bins - 1).astype(np.int64)
+    keys = (chosen_images * rotation_bins + turn) * scale_bins + scale
     unique_keys, inverse = np.unique(keys, return_inverse=True)
     bin_totals = np.bincount(inverse, weights=chosen_weights)
-    unique_images, image_of_bin = np.unique(unique_keys // (_ROTATION_BINS * _SCALE_BINS), return_inverse=True)
+    unique_images, image_of_bin = np.unique(unique_keys // (rotation_bins * scale_bins), return_inverse=True)
     totals = np.zeros(len(unique_images))
     np.maximum.at(totals, image_of_bin, bin_totals)
     totals = totals.astype(np.float32)

@@ -13,11 +13,11 @@ from PIL import Image
 from pinid.catalogue import read_catalogue
 from pinid.identify.confidence import Calibration, default_calibration, fit_logistic
 from pinid.errors import IndexFormatError, PinidError
-from pinid.evaluation.boards import board_metrics, polygon_iou, score_board, BoardTruth
+from pinid.evaluation.boards import polygon_iou
 from pinid.index import PinIndex
-from pinid.local.features import (DESCRIPTOR_DIMS, MAX_REFERENCE_FEATURES, THUMBNAIL_SIDE, encode_descriptors,
+from pinid.local.features import (DESCRIPTOR_DIMS, THUMBNAIL_SIDE, FeatureConfig, encode_descriptors,
                                   query_features, reference_entry)
-from pinid.local.verify import verify
+from pinid.local.verify import VerifyConfig, verify
 
 from tests.support import PERSPECTIVE, SIDE, background, pin, place, recolour, recolour_hsv
 
@@ -51,6 +51,23 @@ def test_known_homography_is_recovered() -> None:
     assert result.colour_distance < 10.0
 
 
+def test_verify_config_is_obeyed() -> None:
+    """The same photo and reference that align by default do not under a stricter ``VerifyConfig``."""
+    reference = pin(3)
+    entry = reference_entry(reference)
+    photo = place(background(), reference, PERSPECTIVE)
+    features = query_features(Image.fromarray(photo))
+    lab = cv2.cvtColor(photo, cv2.COLOR_RGB2LAB)
+    aligned = verify(features, lab, [(0, entry)])[0]
+    assert aligned.aligned
+    for strict in (VerifyConfig(min_inliers=aligned.inliers + 1), VerifyConfig(min_matches=aligned.matches + 1),
+                   VerifyConfig(min_pin_area_px=float(photo.shape[0] * photo.shape[1]))):
+        result = verify(features, lab, [(0, entry)], config=strict)[0]
+        assert not result.aligned and np.isnan(result.colour_distance), strict
+    fewer = verify(features, lab, [(0, entry)], config=VerifyConfig(ratio_test_max=0.5))[0]
+    assert fewer.matches < aligned.matches
+
+
 def test_unrelated_reference_does_not_align() -> None:
     photo = place(background(), pin(3), PERSPECTIVE)
     features = query_features(Image.fromarray(photo))
@@ -59,13 +76,14 @@ def test_unrelated_reference_does_not_align() -> None:
 
 
 def test_reference_entry_is_compact_and_finds_the_pin_box() -> None:
+    most = FeatureConfig().max_reference_features
     # the most a reference image can take on disk: codes, float16 keypoints, thumbnail, geometry row
-    assert MAX_REFERENCE_FEATURES * (DESCRIPTOR_DIMS + 4 * 2) + THUMBNAIL_SIDE ** 2 * 4 + 6 * 4 <= 64 * 1024
+    assert most * (DESCRIPTOR_DIMS + 4 * 2) + THUMBNAIL_SIDE ** 2 * 4 + 6 * 4 <= 64 * 1024
     busy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512, 3)).astype(np.uint8))
-    assert 0.95 * MAX_REFERENCE_FEATURES <= len(reference_entry(busy).features) <= MAX_REFERENCE_FEATURES  # capped
+    assert 0.95 * most <= len(reference_entry(busy).features) <= most  # capped
     entry = reference_entry(pin(5))
     features = entry.features
-    assert 50 <= len(features) <= MAX_REFERENCE_FEATURES
+    assert 50 <= len(features) <= most
     assert features.descriptors.shape[1] == DESCRIPTOR_DIMS and features.descriptors.dtype == np.uint8
     assert entry.colour.shape == (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 4)
     x0, y0, x1, y1 = entry.pin_box
@@ -226,15 +244,3 @@ def test_logistic_fit_recovers_a_known_rule() -> None:
     y = rng.random(4000) < 1 / (1 + np.exp(-(0.5 + 2.0 * x[:, 0] - 1.0 * x[:, 1])))
     bias, w0, w1 = fit_logistic(x, y)
     assert abs(bias - 0.5) < 0.2 and abs(w0 - 2.0) < 0.25 and abs(w1 + 1.0) < 0.2
-
-
-# ---------------------------------------------------------------- board scoring
-def test_board_scoring_needs_right_pin_in_right_place() -> None:
-    square = np.float32([[0, 0], [100, 0], [100, 100], [0, 100]])
-    truth = BoardTruth(Path("b.jpg"), [("a", square), ("b", square + 200)])
-    scored = score_board(truth, [("a", 0.9, square + 5), ("b", 0.8, square), ("b", 0.7, square + 198),
-                                 ("b", 0.6, square + 200)])
-    assert scored == [(0.9, True), (0.8, False), (0.7, True), (0.6, False)]  # a pin is claimed once
-    metrics = board_metrics(scored, total_pins=2, threshold=0.75)
-    assert metrics["at_threshold"]["precision"] == 0.5 and metrics["at_threshold"]["recall"] == 0.5
-    assert metrics["recall_at_precision_0.95"] == 0.5  # only the first answer keeps precision >= 0.95

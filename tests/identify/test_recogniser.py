@@ -1,0 +1,116 @@
+"""The Recogniser and its LocalConfig (pinid.identify.recogniser), over a store built without an index."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pinid.errors import IndexFormatError
+from pinid.identify.confidence import default_calibration
+from pinid.identify.pin_table import PinRow, PinTable
+from pinid.identify.recogniser import CandidateConfig, LocalConfig, Recogniser
+from pinid.local.features import FeatureConfig, reference_entry
+from pinid.local.store import LocalStore, write_local_store
+from pinid.local.verify import VerifyConfig
+from pinid.local.vote import VoteConfig, build_vocabulary
+from tests.support import PERSPECTIVE, background, pin, place, recolour
+
+# image id -> (pin id, design, reference shot); pin-002-teal is a colourway of pin-002
+SHOTS = {0: ("pin-001", "d1", lambda: pin(1)), 1: ("pin-002", "d2", lambda: pin(2)),
+         2: ("pin-002-teal", "d2", lambda: recolour(pin(2), 150)), 3: ("pin-005", "d5", lambda: pin(5)),
+         4: ("pin-006", "d6", lambda: pin(6))}
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, object, PinTable]:
+    folder = tmp_path_factory.mktemp("recogniser") / "local"
+    descriptors = write_local_store(folder, ((i, reference_entry(shot())) for i, (_, _, shot) in SHOTS.items()))
+    ids = np.array(sorted(SHOTS), np.int64)
+    table = PinTable(ids, ids.copy(), {i: PinRow(pin_id, pin_id, {"design": design})
+                                       for i, (pin_id, design, _) in SHOTS.items()},
+                     {i: f"{pin_id}.png" for i, (pin_id, _, _) in SHOTS.items()})
+    return LocalStore.load(folder), build_vocabulary(descriptors), table
+
+
+def recogniser(parts: tuple[LocalStore, object, PinTable], config: LocalConfig = LocalConfig()) -> Recogniser:
+    store, vocabulary, table = parts
+    return Recogniser(store, vocabulary, table, default_calibration(), config)
+
+
+def photo_of(shot: Image.Image, seed: int = 5) -> Image.Image:
+    return Image.fromarray(place(background(seed=seed), shot, PERSPECTIVE))
+
+
+# ---------------------------------------------------------------- the config's JSON form
+def test_local_config_round_trips_through_json() -> None:
+    default = LocalConfig()
+    assert LocalConfig.from_dict(json.loads(json.dumps(default.to_dict()))) == default
+    assert set(default.to_dict()) == {"features", "vote", "verify", "candidates"}
+    tuned = LocalConfig(features=FeatureConfig(max_reference_features=500, tilt_directions_deg=(0, 90)),
+                        vote=VoteConfig(neighbours_per_descriptor=32), verify=VerifyConfig(min_inliers=6),
+                        candidates=CandidateConfig(max_candidates=20, same_pin_overlap_above=0.5))
+    assert LocalConfig.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned
+    # an older manifest: missing sections and settings take today's defaults
+    assert LocalConfig.from_dict({}) == default
+    partial = LocalConfig.from_dict({"verify": {"min_inliers": 6}})
+    assert partial == dataclasses.replace(default, verify=VerifyConfig(min_inliers=6))
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"colour": {}}, "unknown section"),
+    ({"candidates": {"max_candidate": 3}}, "candidates: unknown setting"),
+    ({"candidates": {"max_candidates": 0}}, "at least 1"),
+    ({"features": {"query_long_side_px": "1024"}}, "features.query_long_side_px"),
+    ({"vote": []}, "vote is not a JSON object"),
+    ("features", "not a JSON object"),
+])
+def test_unknown_or_damaged_settings_are_refused(data: object, message: str) -> None:
+    with pytest.raises(IndexFormatError, match=message):
+        LocalConfig.from_dict(data)
+
+
+def test_candidate_settings_have_defaults_of_their_declared_type() -> None:
+    for field in dataclasses.fields(CandidateConfig):
+        assert field.type == type(field.default).__name__, field.name
+
+
+# ---------------------------------------------------------------- the config reaches the answer
+def test_default_recogniser_identifies_a_photo(parts) -> None:
+    answer = recogniser(parts).identify(photo_of(pin(5)), k=2)
+    assert answer.matches[0].pin_id == "pin-005" and not answer.unknown
+
+
+def test_candidate_limit_bounds_the_candidates_verified(parts) -> None:
+    photo = photo_of(pin(5))
+    everything, _ = recogniser(parts).candidates(photo)
+    assert len(everything) == len(SHOTS)  # 50 by default: every reference image is verified
+    few, _ = recogniser(parts, LocalConfig(candidates=CandidateConfig(max_candidates=2))).candidates(photo)
+    assert len(few) == 2 and few[0].design == "d5"
+    assert len(recogniser(parts).candidates(photo, limit=3)[0]) == 3  # an explicit limit still wins
+
+
+def test_colourway_sources_setting_controls_borrowed_alignments(parts) -> None:
+    photo = photo_of(pin(2), seed=7)
+    ranked, _ = recogniser(parts).candidates(photo, limit=1)
+    # only pin-002 itself was verified; its colourway borrowed its alignment and was judged by colour
+    assert [c.image_id for c in ranked] == [1, 2]
+    own, borrowed = ranked[0].verification, ranked[1].verification
+    assert borrowed.aligned and borrowed.inliers == own.inliers and borrowed.matches == own.matches
+    assert np.array_equal(borrowed.query_inliers, own.query_inliers)
+    assert borrowed.colour_distance > own.colour_distance + 10
+    none = LocalConfig(candidates=CandidateConfig(max_colourway_sources=0))
+    assert [c.image_id for c in recogniser(parts, none).candidates(photo, limit=1)[0]] == [1]
+
+
+def test_strict_verification_aligns_nothing(parts) -> None:
+    strict = recogniser(parts, LocalConfig(verify=VerifyConfig(min_inliers=10_000)))
+    ranked, _ = strict.candidates(photo_of(pin(5)))
+    assert ranked and not any(c.aligned for c in ranked)
+    answer = strict.identify(photo_of(pin(5)))
+    assert answer.unknown and answer.confidence == 0.0
+    assert strict.find_all(photo_of(pin(5))) == []
