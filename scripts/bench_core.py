@@ -1,6 +1,6 @@
 """Speed of the core path: encoder throughput, search latency, identify latency.
 
-Usage: python scripts/bench_core.py [--model ViT-B-32-256] [--images 128] [--queries 300]
+Usage: python scripts/bench_core.py [--model ViT-B-32-256] [--images 128] [--queries 300] [--sizes 10000,100000]
 
 Speed does not depend on the weights, so by default the script writes the
 architecture with *random* weights to a temporary local-dir checkpoint and
@@ -11,7 +11,11 @@ Rows:
 * forward, batch B       bare model on ready tensors (images/s)
 * pipeline, batch B      JPEG files on disk -> decode -> preprocess -> model (images/s)
 * search N               one query against N random unit vectors, exact (p50/p99 ms)
-* identify, 10k pins     one JPEG photo -> pins, model already loaded (p50/p99 ms)
+* identify, 10k pins     one JPEG photo -> pins by CLIP alone (`identify --no-verify`: encode, then
+                         search the first of --sizes), model already loaded (p50/p99 ms)
+
+The search rows use the index's own search (pinid.index.search) over an
+in-memory table of random pins, so that 100k pins need no 100k-image build.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pinid.encoder import Encoder, save_local_dir
-from pinid.index import PinIndex, _PinTable
+from pinid.identify.pin_table import PinRow, PinTable
+from pinid.index.search import ExactSearcher, search_pins
 
 
 def make_photos(folder: Path, count: int, size: tuple[int, int] = (1024, 768)) -> list[Path]:
@@ -57,20 +62,35 @@ def timed(fn, repeats: int) -> np.ndarray:
     return np.array(times)
 
 
-def synthetic_index(count: int, dim: int, encoder: Encoder | None) -> PinIndex:
-    """An in-memory index of ``count`` pins with one random unit vector each."""
-    import faiss
+class SyntheticPins:
+    """``count`` pins with one random unit vector each, searched exactly as ``PinIndex.search`` does."""
 
-    rng = np.random.default_rng(1)
-    vectors = rng.standard_normal((count, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    faiss_index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    ids = np.arange(count, dtype=np.int64)
-    faiss_index.add_with_ids(vectors, ids)
-    table = _PinTable(ids, ids.copy(), {i: (f"pin-{i}", f"Pin {i}", "{}") for i in range(count)},
-                      {i: f"ref{i}.png" for i in range(count)})
-    manifest = {"counts": {"pins": count, "images": count}}
-    return PinIndex(Path("<memory>"), manifest, faiss_index, table, encoder)
+    def __init__(self, count: int, dim: int) -> None:
+        import faiss
+
+        rng = np.random.default_rng(1)
+        vectors = rng.standard_normal((count, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        flat = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        ids = np.arange(count, dtype=np.int64)
+        flat.add_with_ids(vectors, ids)
+        self.searcher = ExactSearcher(flat)
+        self.table = PinTable(ids, ids.copy(), {i: PinRow(f"pin-{i}", f"Pin {i}", {}) for i in range(count)},
+                              {i: f"ref{i}.png" for i in range(count)})
+
+    def search(self, vectors: np.ndarray, k: int = 5) -> list:
+        return search_pins(self.searcher, self.table, vectors, k)
+
+
+def pin_counts(text: str) -> list[int]:
+    """``--sizes``: comma-separated pin counts, each at least 1."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of pin counts >= 1")
+    return counts
 
 
 def main() -> None:
@@ -81,7 +101,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300, help="queries per latency row")
     parser.add_argument("--repeats", type=int, default=3, help="throughput runs per row (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--sizes", type=pin_counts, default=pin_counts("10000,100000"),
+                        help="pins in the search rows, comma-separated; the identify row uses the first")
     args = parser.parse_args()
+    sizes = args.sizes
+    if min(args.images, args.queries, args.repeats) < 1:
+        parser.error("--images, --queries and --repeats must be at least 1")
 
     import torch
 
@@ -121,25 +146,29 @@ def main() -> None:
                          f"{pipeline_rate / forward_rate:.2f}x forward; {args.images} JPEGs 1024x768 q90"))
 
         dim = encoder.embedding_dim
-        for count in (10_000, 100_000):
-            index = synthetic_index(count, dim, None)
+        for count in sizes:
+            pins = SyntheticPins(count, dim)
             queries = np.random.default_rng(2).standard_normal((args.queries, dim)).astype(np.float32)
             queries /= np.linalg.norm(queries, axis=1, keepdims=True)
             times = []
             for query in queries:
                 started = time.perf_counter()
-                index.search(query[None], k=5)
+                pins.search(query[None], k=5)
                 times.append(time.perf_counter() - started)
             times_ms = np.array(times) * 1e3
             rows.append((f"search {count:,} x {dim}", f"p50 {np.percentile(times_ms, 50):.2f} ms",
                          f"p99 {np.percentile(times_ms, 99):.2f} ms; exact, top-5 pins"))
 
-        index = synthetic_index(10_000, dim, encoder)
+        pins = SyntheticPins(sizes[0], dim)
         photo = photos[0]
-        index.identify(photo, verify=False)  # warm-up
-        times_ms = timed(lambda: index.identify(photo, k=5, verify=False), min(args.queries, 100)) * 1e3
-        rows.append(("identify, 10k pins", f"p50 {np.percentile(times_ms, 50):.1f} ms",
-                     f"p99 {np.percentile(times_ms, 99):.1f} ms; one 1024x768 JPEG, model loaded"))
+
+        def identify() -> None:  # what `pinid identify --no-verify` does once the model is loaded
+            pins.search(encoder.encode_images([photo], batch_size=1).vectors, k=5)
+
+        identify()  # warm-up
+        times_ms = timed(identify, min(args.queries, 100)) * 1e3
+        rows.append((f"identify, {sizes[0]:,} pins", f"p50 {np.percentile(times_ms, 50):.1f} ms",
+                     f"p99 {np.percentile(times_ms, 99):.1f} ms; one 1024x768 JPEG, model loaded, CLIP only"))
 
     print(f"pinid core benchmark — {weights_note}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{platform.processor() or platform.machine()}, Python {sys.version.split()[0]}\n")

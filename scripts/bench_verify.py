@@ -35,34 +35,35 @@ def main() -> None:
     import cv2
     import torch
 
-    from pinid.images import load_image
+    from pinid.images import load_image, working_copy
     from pinid.index import PinIndex
-    from pinid.images import working_copy
-    from pinid.local.features import QUERY_SIDE, query_features
+    from pinid.local.features import query_features
     from pinid.local.verify import verify
     from pinid.local.vote import vote
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     index = PinIndex.load(args.index, encoder=None)
-    recogniser = index._recogniser  # the stages one by one, as Recogniser.candidates runs them
-    rows = list(csv.DictReader(open(args.bench / "queries.csv", encoding="utf-8")))
+    recogniser = index.recogniser  # the stages one by one, as Recogniser.candidates runs them
+    config = recogniser.config
+    with open(args.bench / "queries.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
     rng = np.random.default_rng(0)
     photos = [args.bench / rows[i]["image"] for i in rng.permutation(len(rows))[:args.photos]]
     times: dict[str, list[float]] = {"features": [], "vote": [], "verify": [], "total": []}
     aligned = []
     index.identify_many(photos[:3])  # warm-up
     for path in photos:
-        work, _ = working_copy(load_image(path), QUERY_SIDE)
+        work, _ = working_copy(load_image(path), config.features.query_long_side_px)
         started = time.perf_counter()
-        features = query_features(work)
+        features = query_features(work, config=config.features)
         featured = time.perf_counter()
         ids, _ = vote(recogniser.vocabulary, recogniser.store.row_image, features.descriptors,
-                      features.keypoints, recogniser.store.keypoints)
+                      features.keypoints, recogniser.store.keypoints, config=config.vote)
         voted = time.perf_counter()
         candidates = [(int(i), recogniser.store.entry(int(i))) for i in ids[:args.candidates]]
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
-        results = verify(features, lab, candidates)
+        results = verify(features, lab, candidates, config=config.verify)
         verified = time.perf_counter()
         index.identify_many([path], candidates=args.candidates)
         total = time.perf_counter() - verified

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pinid.identify.confidence import Calibration, fit_logistic, ranking_features
-from pinid.evaluation.run import read_queries, sample_queries
+from pinid.evaluation.queries import read_queries, sample_queries
 from pinid.index import PinIndex
 
 

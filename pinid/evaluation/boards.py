@@ -9,7 +9,6 @@ say what recall is reached at a required precision.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..errors import InputError, PinidError
 from ..index import PinIndex
+from ..tables import TableError, printable, read_rows
 
 MIN_IOU = 0.3
 REQUIRED_PRECISION = 0.95
@@ -33,23 +33,31 @@ class BoardTruth:
 def read_boards(path: str | os.PathLike, *, sample: int | None = None, seed: int = 0) -> list[BoardTruth]:
     """Read ``boards.jsonl`` lines: {"image": ..., "pins": [{"pin_id": ..., "polygon": [[x, y], ...]}]}.
 
-    ``sample`` keeps a seeded random subset of that many boards.
+    Read through ``pinid.tables`` (BOM, NaN and size limits as for every table);
+    a polygon needs at least 3 finite points. ``sample`` keeps a seeded random
+    subset of that many boards.
     """
-    source = Path(path)
+    source = Path(path).expanduser()
+    if source.suffix.lower() not in (".jsonl", ".ndjson"):
+        raise InputError(f"board ground truth {printable(source)} must be a .jsonl file")
     try:
-        lines = source.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read board ground truth {source}: {exc}") from None
+        rows = read_rows(source)
+    except TableError as exc:
+        raise InputError(f"board ground truth {exc}") from None
     boards = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for where, record in rows:
         try:
-            record = json.loads(line)
-            pins = [(str(p["pin_id"]), np.asarray(p["polygon"], np.float32).reshape(-1, 2)) for p in record["pins"]]
-            boards.append(BoardTruth(source.parent / record["image"], pins))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{source}:{number}: not a board record ({exc})") from None
+            pins = []
+            for pin in record["pins"]:
+                polygon = np.asarray(pin["polygon"], np.float64).reshape(-1, 2)
+                if len(polygon) < 3 or not np.isfinite(polygon).all():
+                    raise ValueError("a polygon needs at least 3 finite [x, y] points")
+                pins.append((str(pin["pin_id"]), polygon.astype(np.float32)))
+            boards.append(BoardTruth(source.parent / str(record["image"]), pins))
+        except KeyError as exc:
+            raise InputError(f"board ground truth {printable(where)}: not a board record (no {exc})") from None
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"board ground truth {printable(where)}: not a board record ({exc})") from None
     if sample is not None and sample < len(boards):
         boards = [boards[i] for i in sorted(np.random.default_rng(seed).permutation(len(boards))[:sample])]
     return boards

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..errors import ImageError
 from ..images import load_image
 from ..index import PinIndex
-from .run import QueryOutcome
+from .queries import QueryOutcome
 
 THUMB = 256
 CAPTION = 34

@@ -146,6 +146,11 @@ class PinIndex:
         return self._searcher is not None
 
     @property
+    def recogniser(self) -> Recogniser:
+        """What makes every verified answer (its store, vocabulary and config): for scripts that time its stages."""
+        return self._recogniser
+
+    @property
     def calibration(self) -> Calibration:
         """The confidence calibration this index answers with (copied into the manifest at build time)."""
         return self._recogniser.calibration

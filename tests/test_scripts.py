@@ -1,0 +1,162 @@
+"""Every script in scripts/ runs, at its smallest size, so that none can rot unnoticed.
+
+Each script runs in a subprocess (``sys.executable``, the repository as the
+working directory) and must exit 0 and print its table. Scripts that need a
+benchmark share one tiny benchmark made by ``scripts/make_benchmark.py`` once
+per session, and a local-features index built from its catalogue; scripts that
+need a model get the tiny random-weight checkpoint (``tiny_model_dir``).
+Scripts also use only pinid's public names: no ``_private`` import or attribute.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+TIMEOUT_S = 300
+
+
+def run_script(name: str, *args: object) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/NAME`` with ``args``; fail with its output if it does not exit 0."""
+    done = subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, f"{name} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture(scope="session")
+def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The smallest benchmark, made once by the script itself (about 5 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("script-bench") / "bench"
+    return out, run_script("make_benchmark.py", "--size", "tiny", "--seed", "0", "-o", out, "--workers", "2")
+
+
+@pytest.fixture(scope="session")
+def bench(benchmark_run: tuple[Path, subprocess.CompletedProcess[str]]) -> Path:
+    return benchmark_run[0]
+
+
+@pytest.fixture(scope="session")
+def bench_index(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local-features index of the benchmark's catalogue (no model)."""
+    from pinid.catalogue import read_catalogue
+    from pinid.index import PinIndex
+
+    folder = tmp_path_factory.mktemp("script-index") / "idx"
+    PinIndex.build(read_catalogue(bench / "catalogue"), folder, None)
+    return folder
+
+
+def test_make_benchmark(benchmark_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    bench, done = benchmark_run
+    assert f"wrote {bench}: pins=" in done.stdout
+    counts = json.loads((bench / "benchmark.json").read_text())["counts"]
+    assert counts["pins"] > 0 and counts["queries"] > 0
+    assert (bench / "queries.csv").is_file() and (bench / "listings.csv").is_file()
+
+
+def test_bench_core(tiny_model_dir: Path) -> None:
+    out = run_script("bench_core.py", "--weights", f"local-dir:{tiny_model_dir}", "--images", 2, "--queries", 3,
+                     "--repeats", 1, "--sizes", "50,100", "--threads", 1).stdout
+    assert "| what | result | notes |" in out
+    for row in ("| forward, batch 1 |", "| pipeline, batch 32 |", "| search 50 x ", "| search 100 x ",
+                "| identify, 50 pins |"):
+        assert row in out
+
+
+def test_bench_verify(bench_index: Path, bench: Path) -> None:
+    out = run_script("bench_verify.py", bench_index, bench, "--photos", 1, "--candidates", 5,
+                     "--threads", 1).stdout
+    assert "1 photos, K = 5 candidates" in out and "| stage | p50 ms | p95 ms | mean ms |" in out
+    for stage in ("features", "vote", "verify", "total"):
+        assert f"| {stage} | " in out
+
+
+def test_bench_dedup() -> None:
+    out = run_script("bench_dedup.py", "--n", 300, "--dim", 16).stdout
+    assert "pinid dedup benchmark: 300 listings, 16 dims" in out
+    assert "| total from cache |" in out and "| precision | recall | F1 | purity |" in out
+
+
+def test_eval_dedup(bench: Path, tiny_model_dir: Path) -> None:
+    out = run_script("eval_dedup.py", bench, "--model", f"local-dir:{tiny_model_dir}").stdout
+    assert "| setting | truth | true pairs |" in out
+    assert out.count("| photo_group |") == 2 and out.count("| pin_id |") == 2
+
+
+def test_fit_calibration(bench_index: Path, bench: Path, tmp_path: Path) -> None:
+    from pinid.identify.confidence import Calibration
+
+    written = tmp_path / "calibration.json"
+    before = (bench_index / "manifest.json").read_bytes()
+    out = run_script("fit_calibration.py", bench_index, bench, "--queries", 6, "--holdout", 2, "-o", written).stdout
+    fitted = Calibration.from_dict(json.loads(written.read_text()))
+    assert json.loads(out)["fitted_on"] == fitted.fitted_on and "6 photos" in fitted.fitted_on
+    assert (bench_index / "manifest.json").read_bytes() == before  # without --apply the index is untouched
+
+
+def test_fit_descriptor_pca(bench: Path, tmp_path: Path) -> None:
+    out = run_script("fit_descriptor_pca.py", bench / "catalogue", "-o", tmp_path / "pca.npy", "--images", 1).stdout
+    assert "descriptors from 1 product shots" in out and "variance kept" in out
+    table = np.load(tmp_path / "pca.npy", allow_pickle=False)
+    assert table.shape == (129, 128) and np.isfinite(table).all()
+
+
+def test_make_examples(tmp_path: Path) -> None:
+    out = run_script("make_examples.py", "--out", tmp_path).stdout
+    assert "wrote 5 pins and a photo" in out
+    assert len(list((tmp_path / "catalogue").glob("*/front.png"))) == 5 and (tmp_path / "photo.jpg").is_file()
+
+
+def test_probe_local_features(bench: Path) -> None:
+    out = run_script("probe_local_features.py", bench, "--queries", 1).stdout
+    assert "| reference features (1 single-pin queries) |" in out
+    assert "| SIFT 512 px |" in out and "| + 4 simulated tilts (ASIFT-lite) |" in out
+
+
+SMOKE_TESTS: dict[str, Callable[..., None]] = {
+    "bench_core.py": test_bench_core, "bench_dedup.py": test_bench_dedup, "bench_verify.py": test_bench_verify,
+    "eval_dedup.py": test_eval_dedup, "fit_calibration.py": test_fit_calibration,
+    "fit_descriptor_pca.py": test_fit_descriptor_pca, "make_benchmark.py": test_make_benchmark,
+    "make_examples.py": test_make_examples, "probe_local_features.py": test_probe_local_features,
+}
+
+
+def test_every_script_has_a_smoke_test() -> None:
+    assert sorted(path.name for path in SCRIPTS.glob("*.py")) == sorted(SMOKE_TESTS)
+
+
+def _private_uses(source: str) -> list[str]:
+    """Names starting with one underscore that a script imports from pinid or reads as an attribute."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pinid"):
+            found += [f"{node.module}.{alias.name}" for alias in node.names if alias.name.startswith("_")]
+            found += [node.module] if any(part.startswith("_") for part in node.module.split(".")) else []
+        elif isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("pinid")
+                      and any(part.startswith("_") for part in alias.name.split("."))]
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            found.append(f".{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE_TESTS))
+def test_scripts_use_public_names_only(script: str) -> None:
+    assert _private_uses((SCRIPTS / script).read_text(encoding="utf-8")) == []
+
+
+def test_the_private_name_check_would_catch_a_reach_inside() -> None:
+    source = ("from pinid.index import PinIndex, _PinTable\nfrom pinid.local.features import _sift\n"
+              "import pinid._atomic\nrecogniser = index._recogniser\nname = __name__\n")
+    assert _private_uses(source) == ["pinid.index._PinTable", "pinid.local.features._sift", "pinid._atomic",
+                                     "._recogniser"]
