@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
 
+from .._atomic import new_file_mode
 from ..errors import InputError, WeightsUnavailableError
 
 DEFAULT_MODEL = "ViT-B-32-256"
@@ -260,4 +261,5 @@ def save_local_dir(out_dir: str | os.PathLike, model: str = DEFAULT_MODEL, pretr
                                                  indent=2))
     state = {k: v.contiguous() for k, v in clip.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
+    os.chmod(folder / WEIGHTS_FILE, new_file_mode(folder))  # safetensors creates it 0600, whatever the umask
     return folder

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .._atomic import write_file_atomically
+from .._atomic import check_file_target, probe_writable, write_file_atomically
 from .confidence import percent
 from ..errors import InputError
 from ..images import ImageSource, load_image
@@ -40,14 +41,43 @@ def annotate(photo: ImageSource, found: Sequence[Found]) -> Image.Image:
     return image
 
 
-def write_annotated(photo: ImageSource, found: Sequence[Found], out: str | Path) -> Path:
-    """Write the annotated photo as PNG (atomically: a failed write leaves no half file)."""
-    target = Path(out)
+def check_annotation_target(out: str | os.PathLike, photo: ImageSource | None = None) -> Path:
+    """Where the annotation will be written (symlinks resolved), or ``InputError`` before any work.
+
+    Refused: an empty name; anything existing that is not a regular file (a
+    folder, a device such as ``/dev/full``, a fifo); the input ``photo`` itself,
+    under any name (the same file, found by device and inode); a folder that
+    does not exist or where nothing can be created (``/proc``).
+    """
+    if not os.fspath(out):
+        raise InputError("--annotate needs a file name (e.g. --annotate found.png)")
+    target = check_file_target(Path(out))
+    if isinstance(photo, (str, os.PathLike)) and target.exists():
+        try:
+            same = os.path.samefile(target, photo)
+        except OSError:
+            same = False
+        if same:
+            raise InputError(f"cannot write {out}: it is the input photo; choose another file name")
     if not target.parent.is_dir():
-        raise InputError(f"cannot write {target}: folder {target.parent} does not exist")
+        raise InputError(f"cannot write {out}: folder {target.parent} does not exist")
+    probe_writable(target.parent, str(out))
+    return target
+
+
+def write_annotated(photo: ImageSource, found: Sequence[Found], out: str | os.PathLike) -> Path:
+    """Write the annotated photo as PNG, atomically (a failed write leaves no half file); returns the file written.
+
+    ``out`` is checked as :func:`check_annotation_target` does; a write that
+    fails all the same (disk full) is an ``InputError`` too, naming the file.
+    """
+    target = check_annotation_target(out, photo)
     buffer = io.BytesIO()
     annotate(photo, found).save(buffer, format="PNG")
-    write_file_atomically(target, buffer.getvalue())
+    try:
+        write_file_atomically(target, buffer.getvalue())
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from None
     return target
 
 
