@@ -1,14 +1,18 @@
 """The `pinid` command: parse arguments, show progress, print results.
 
 All work happens in the library; every ``PinidError`` becomes one line on
-stderr and the exit code of its class (see README, "Exit codes").
+stderr and the exit code of its class (see README, "Exit codes"). Ctrl-C
+(exit 130) and SIGTERM (exit 143) end with one line, ``pinid: interrupted``,
+after the usual clean-up: a build being written is removed, the previous
+index stays as it was.
 """
 
 from __future__ import annotations
 
-import csv
 import json
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,9 +21,16 @@ import click
 
 from ._version import __version__
 from .errors import PinidError
+from .tables import clean_text as plain
+from .tables import dumps
 
 EXIT_IMAGE_ERROR = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process the signal ended
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that ``finally`` and ``except BaseException`` clean up."""
 
 _model_option = click.option("--model", default=None, metavar="NAME",
                              help="open_clip model name, hf-hub:ORG/REPO or local-dir:PATH "
@@ -43,8 +54,9 @@ def cli() -> None:
 
 @cli.command("build-index")
 @click.argument("catalogue", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
-              help="index directory to create or replace (atomically)")
+@click.option("-o", "--output", "output", required=True, type=click.Path(),
+              help="index directory to create, or pinid index to replace (atomically; a symlink's "
+                   "target is replaced)")
 @click.option("--encoder", "encoder_kind", type=click.Choice(["clip", "local"]), default="clip", show_default=True,
               help="clip: CLIP embeddings plus local features; local: local features only, no model "
                    "download at all")
@@ -61,7 +73,7 @@ def cli() -> None:
 @_offline_option
 @_threads_option
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def build_index(catalogue: Path, output: Path, encoder_kind: str, model: str | None, pretrained: str | None,
+def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | None, pretrained: str | None,
                 batch_size: int, workers: int, cache_dir: Path | None, reset_cache: bool, device: str,
                 offline: bool | None, threads: int | None, quiet: bool) -> None:
     """Index a CATALOGUE (folder of pin folders, or CSV/JSONL manifest): CLIP vectors and local features."""
@@ -69,10 +81,12 @@ def build_index(catalogue: Path, output: Path, encoder_kind: str, model: str | N
     from .encoder import Encoder
     from .errors import InputError
     from .index import PinIndex
+    from .index.build import check_output
 
     _set_threads(threads)
     if encoder_kind == "local" and (model or pretrained or cache_dir):
         raise InputError("--encoder local uses no model: drop --model, --pretrained and --cache")
+    check_output(output, catalogue)  # before the catalogue is read or the model loaded: bad -o costs nothing
     records = read_catalogue(catalogue)
     encoder = None
     cache = None
@@ -114,7 +128,7 @@ def build_index(catalogue: Path, output: Path, encoder_kind: str, model: str | N
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.option("--multi", is_flag=True, help="find every catalogue pin in each photo (boards, lanyards), "
                                             "with its outline")
-@click.option("--annotate", "annotate_path", type=click.Path(path_type=Path), default=None, metavar="OUT.png",
+@click.option("--annotate", "annotate_path", type=click.Path(), default=None, metavar="OUT.png",
               help="with --multi and one photo: draw the pins found on it into this PNG")
 @click.option("--no-verify", is_flag=True, help="rank by CLIP similarity alone (no geometry, colour or confidence)")
 @click.option("--candidates", type=click.IntRange(min=1, max=500), default=50, show_default=True,
@@ -125,7 +139,7 @@ def build_index(catalogue: Path, output: Path, encoder_kind: str, model: str | N
 @_offline_option
 @_threads_option
 def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, multi: bool,
-             annotate_path: Path | None, no_verify: bool, candidates: int, model: str | None,
+             annotate_path: str | None, no_verify: bool, candidates: int, model: str | None,
              pretrained: str | None, device: str, offline: bool | None, threads: int | None) -> None:
     """Name the pins in one or more PHOTOS. The index's own encoder is used unless --model is given.
 
@@ -139,6 +153,10 @@ def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, m
     _set_threads(threads)
     if annotate_path is not None and (not multi or len(photos) != 1):
         raise InputError("--annotate needs --multi and exactly one photo")
+    if annotate_path is not None:  # before any work: not the photo, not a device, somewhere writable
+        from .identify.annotate import check_annotation_target
+
+        check_annotation_target(annotate_path, photos[0])
     if multi and no_verify:
         raise InputError("--multi finds pins by verification; it cannot be combined with --no-verify")
     encoder: Any = "manifest"
@@ -157,16 +175,13 @@ def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, m
         results = index.identify_many(list(photos), k=k, verify=not no_verify, candidates=candidates,
                                       on_progress=advance)
     if as_json:
-        click.echo(json.dumps([{"query": r.query, "error": r.error,
-                                "confidence": None if r.confidence is None else round(r.confidence, 4),
-                                "unknown": r.unknown, "matches": [m.to_dict() for m in r.matches]}
-                               for r in results], indent=2, ensure_ascii=False))
+        click.echo(dumps([result.to_dict() for result in results], indent=2))
     else:
         for result in results:
             _print_table(result)
     failed = [r for r in results if r.error]
     for result in failed:
-        click.echo(f"pinid: error: {result.query}: {result.error}", err=True)
+        click.echo(f"pinid: error: {plain(result.query)}: {plain(result.error)}", err=True)
     if failed:
         sys.exit(EXIT_IMAGE_ERROR)
 
@@ -180,10 +195,10 @@ def info(index_dir: Path, as_json: bool) -> None:
 
     summary = PinIndex.load(index_dir, encoder=None).info()
     if as_json:
-        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        click.echo(dumps(summary, indent=2))
         return
     encoder = summary["encoder"]
-    lines = [f"index:      {summary['path']}",
+    lines = [f"index:      {plain(summary['path'])}",
              f"format:     {summary['format']} v{summary['format_version']} (pinid {summary['pinid_version']})",
              f"built:      {summary['created_at']}",
              f"pins:       {summary['counts']['pins']}",
@@ -202,7 +217,7 @@ def info(index_dir: Path, as_json: bool) -> None:
               "per image)",
               f"confidence: unknown pin under {summary['calibration']['threshold']:.2f}; calibration "
               f"{summary['calibration']['fitted_on']}",
-              f"catalogue:  {summary['catalogue']['source']}"]
+              f"catalogue:  {plain(summary['catalogue']['source'])}"]
     click.echo("\n".join(lines))
 
 
@@ -216,9 +231,11 @@ def info(index_dir: Path, as_json: bool) -> None:
 @click.option("--sample", type=click.IntRange(min=1), default=None,
               help="score a seeded random sample of this many queries (and boards)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed for --sample")
-@click.option("--no-verify", is_flag=True, help="score CLIP similarity alone")
-@click.option("--threshold", type=float, default=None,
-              help="operating threshold for open-set metrics [default: the index's own, if any]")
+@click.option("--no-verify", is_flag=True, help="score CLIP similarity alone (no open-set threshold unless given)")
+@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), default=None,
+              help="open-set threshold: answers scoring under it count as 'unknown pin' [default: the index's "
+                   "calibrated confidence threshold; with --no-verify none (scores are cosines), so only this "
+                   "option gives one]")
 @click.option("--failures", "failures_dir", type=click.Path(path_type=Path), default=None,
               help="write contact sheets of failed queries (PNG) to this folder")
 @click.option("--json", "as_json", is_flag=True, help="print the full JSON result instead of the table")
@@ -237,7 +254,9 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
                      offline: bool | None, threads: int | None, quiet: bool) -> None:
     """Score an index on ground truth: recall@k, MRR, colourways, open set, latency, boards."""
     from .errors import InputError
-    from .evaluation.run import EvaluationReport, evaluate, metrics_markdown, read_queries, sample_queries
+    from .evaluation.queries import read_queries, sample_queries
+    from .evaluation.report import boards_markdown, metrics_markdown
+    from .evaluation.run import EvaluationReport, evaluate
     from .index import PinIndex
 
     _set_threads(threads)
@@ -266,7 +285,7 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
         if queries:
             click.echo(metrics_markdown(report.metrics))
         if "boards" in report.metrics:
-            click.echo(_boards_markdown(report.metrics["boards"]))
+            click.echo(boards_markdown(report.metrics["boards"]))
     if failures_dir and queries:
         from .evaluation.contact_sheet import failed_outcomes, write_failure_sheets
 
@@ -283,10 +302,10 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
 @click.option("--mode", type=click.Choice(["photo", "pin"]), default="photo", show_default=True,
               help="photo: re-uploads of one picture; pin: any listings of the same pin")
 @click.option("--threshold", type=click.FloatRange(-1.0, 1.0), default=None,
-              help="cosine needed to relate two listings [default: 0.97 photo, 0.90 pin; "
+              help="minimum cosine that relates two listings [default: 0.97 photo, 0.90 pin; "
                    "1 = photo hash only]")
 @click.option("--phash-distance", type=click.IntRange(0, 64), default=12, show_default=True,
-              help="photo-hash bits (of 64) within which two images are the same photo")
+              help="maximum photo-hash distance, in bits of 64, for two images to be the same photo")
 @click.option("--against", "index_dir", type=click.Path(path_type=Path), default=None, metavar="INDEX_DIR",
               help="report which LISTINGS are new and which duplicate an image of this index")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
@@ -305,23 +324,29 @@ def dedup_command(listings: Path, output: Path | None, mode: str, threshold: flo
                   model: str | None, pretrained: str | None, batch_size: int, device: str, offline: bool | None,
                   threads: int | None, quiet: bool) -> None:
     """Group duplicate LISTINGS (folder, or CSV/JSONL with listing_id,image): one row per listing."""
-    from .dedup import ROW_FIELDS, DedupOptions, dedup, read_listings, write_rows
+    from .dedup import ROW_FIELDS, DedupOptions, dedup, read_listings
+    from .dedup.rows import format_rows, write_rows
     from .encoder.cache import EmbedOptions, EmbeddingCache
     from .encoder import Encoder
+    from .tables import clean_text
 
     _set_threads(threads)
-    items = read_listings(listings)
-    options = DedupOptions(mode=mode, threshold=threshold, phash_distance=phash_distance)  # type: ignore[arg-type]
+    skipped: list[tuple[str, str]] = []
+    items = read_listings(listings, skipped)
+    for where, why in skipped:
+        click.echo(f"  skipped {where}: {why}", err=True)
+    options = DedupOptions(mode=mode, min_cosine=threshold,  # type: ignore[arg-type]
+                           max_phash_distance=phash_distance)
     embed_options = EmbedOptions(batch_size=batch_size)
     cache_dir = cache_dir or (output.parent if output else listings.parent) / "pinid-dedup-cache"
     with _stages(quiet) as on_progress:
         if index_dir is not None:
             from .dedup import AGAINST_FIELDS, match_against
+            from .dedup.against import against_encoder
             from .index import PinIndex
 
             index = PinIndex.load(index_dir, device=device, offline=offline)
-            assert index.encoder is not None
-            cache = EmbeddingCache.open(cache_dir, index.encoder.identity(), reset=reset_cache)
+            cache = EmbeddingCache.open(cache_dir, against_encoder(index).identity(), reset=reset_cache)
             report: Any = match_against(index, items, cache, options, embed_options, on_progress)
             fields = AGAINST_FIELDS
         else:
@@ -331,15 +356,12 @@ def dedup_command(listings: Path, output: Path | None, mode: str, threshold: flo
             fields = ROW_FIELDS
     if output is not None:
         write_rows(report.rows, output, fields, as_json=as_json)
-    elif as_json:
-        click.echo(json.dumps([row.to_dict() for row in report.rows], indent=2, ensure_ascii=False))
     else:
-        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.to_dict().items()} for row in report.rows)
+        click.echo(format_rows(report.rows, fields, as_json=as_json), nl=False)
     unreadable = [row for row in report.rows if row.error]
     for row in unreadable[:20]:
-        click.echo(f"  unreadable {row.listing_id} ({row.image}): {row.error}", err=True)
+        click.echo(f"  unreadable {clean_text(row.listing_id)} ({clean_text(row.image)}): {clean_text(row.error)}",
+                   err=True)
     if len(unreadable) > 20:
         click.echo(f"  ... and {len(unreadable) - 20} more unreadable (see the 'error' column)", err=True)
     click.echo(report.summary() + (f"; wrote {output}" if output else ""), err=output is None)
@@ -380,7 +402,7 @@ def export_model(model: str, pretrained: str | None, output: Path) -> None:
     click.echo(f"Wrote {folder}; use it with --model local-dir:{folder.resolve()}")
 
 
-def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotate_path: Path | None) -> None:
+def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotate_path: str | None) -> None:
     from .identify.confidence import percent
     from .errors import ImageError
 
@@ -407,7 +429,7 @@ def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotat
         from .identify.annotate import write_annotated
 
         write_annotated(photos[0], answers[0][1], annotate_path)
-        click.echo(f"Wrote {annotate_path}", err=True)
+        click.echo(f"Wrote {plain(annotate_path)}", err=True)
     for message in failed:
         click.echo(f"pinid: error: {message}", err=True)
     if failed:
@@ -417,7 +439,7 @@ def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotat
 def _print_table(result: Any) -> None:
     from .identify.confidence import percent
 
-    click.echo(result.query)
+    click.echo(plain(result.query))
     if result.error:
         click.echo("  (could not be read)")
         return
@@ -425,10 +447,10 @@ def _print_table(result: Any) -> None:
         if result.unknown:
             click.echo(f"  unknown pin: not in the catalogue as far as pinid can tell (confidence "
                        f"{percent(result.confidence)}); nearest candidates:")
-        else:
+        elif result.matches:
             best = result.matches[0]
-            click.echo(f"  {best.name} ({best.pin_id}), confidence {percent(result.confidence)}")
-    width = max([len(m.pin_id) for m in result.matches] + [6])
+            click.echo(f"  {plain(best.name)} ({plain(best.pin_id)}), confidence {percent(result.confidence)}")
+    width = max([len(plain(m.pin_id)) for m in result.matches] + [6])
     verified = result.confidence is not None
     click.echo(f"  {'rank':>4}  {'pin id':<{width}}  {'score':>6}  " + ("inliers  colour  " if verified else "")
                + "name")
@@ -437,17 +459,7 @@ def _print_table(result: Any) -> None:
         if verified:
             colour = "-" if match.colour_distance is None else f"{match.colour_distance:.1f}"
             extra = f"{match.inliers:>7}  {colour:>6}  "
-        click.echo(f"  {match.rank:>4}  {match.pin_id:<{width}}  {match.score:6.3f}  {extra}{match.name}")
-
-
-def _boards_markdown(metrics: dict[str, Any]) -> str:
-    at = metrics["at_threshold"]
-    key = next(k for k in metrics if k.startswith("recall_at_precision_"))
-    return "\n".join([
-        "", "| boards | value |", "| --- | --- |",
-        f"| board photos / pins on them | {metrics['boards']} / {metrics['pins']} |",
-        f"| at confidence {at['threshold']:.2f}: precision / recall | {at['precision']:.3f} / {at['recall']:.3f} |",
-        f"| best recall with precision >= {key.rsplit('_', 1)[1]} | {metrics[key]:.3f} |"])
+        click.echo(f"  {match.rank:>4}  {plain(match.pin_id):<{width}}  {match.score:6.3f}  {extra}{plain(match.name)}")
 
 
 def _describe_preprocess(preprocess: dict[str, Any]) -> str:
@@ -482,6 +494,27 @@ def _progress(total: int, what: str, quiet: bool) -> Iterator[Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn errors into one line and an exit code."""
+    previous = _catch_sigterm()
+    try:
+        _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _catch_sigterm() -> Any:
+    """Make SIGTERM raise ``_Terminated`` in the main thread; returns the handler to restore (None: unchanged)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise _Terminated
+
+    return signal.signal(signal.SIGTERM, terminated)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="pinid", standalone_mode=False)
     except PinidError as exc:
@@ -489,12 +522,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # usage errors too: one line, like every other error
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see `{exc.ctx.command_path} --help`)"
+        click.echo(f"pinid: error: {plain(exc.format_message())}{hint}", err=True)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("pinid: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except _Terminated:
+        click.echo("pinid: interrupted", err=True)
+        sys.exit(EXIT_TERMINATED)
 
 
 __all__ = ["cli", "main"]
