@@ -9,7 +9,6 @@ index stays as it was.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -97,17 +96,9 @@ def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | No
             from .encoder.cache import EmbeddingCache
 
             cache = EmbeddingCache.open(cache_dir, encoder.identity(), reset=reset_cache)
-    with _stages(quiet) as update:
-        counts = {"encoding": 0, "local features": 0}
-
-        def advance(stage: str) -> Any:
-            def step(done: int) -> None:
-                counts[stage] += done
-                update(stage, counts[stage], records.image_count)
-            return step
-
+    with _stages(quiet) as on_progress:
         index = PinIndex.build(records, output, encoder, batch_size=batch_size, workers=workers, cache=cache,
-                               on_progress=advance("encoding"), on_features=advance("local features"))
+                               on_progress=on_progress)
     report = index.build_report
     assert report is not None
     described = "none (local features only)" if encoder is None else encoder.spec.describe()
@@ -131,15 +122,15 @@ def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | No
 @click.option("--annotate", "annotate_path", type=click.Path(), default=None, metavar="OUT.png",
               help="with --multi and one photo: draw the pins found on it into this PNG")
 @click.option("--no-verify", is_flag=True, help="rank by CLIP similarity alone (no geometry, colour or confidence)")
-@click.option("--candidates", type=click.IntRange(min=1, max=500), default=50, show_default=True,
-              help="candidate reference images verified per photo")
+@click.option("--candidates", type=click.IntRange(min=1, max=500), default=None,
+              help="candidate reference images verified per photo [default: the index's setting, 50]")
 @_model_option
 @_pretrained_option
 @_device_option
 @_offline_option
 @_threads_option
 def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, multi: bool,
-             annotate_path: str | None, no_verify: bool, candidates: int, model: str | None,
+             annotate_path: str | None, no_verify: bool, candidates: int | None, model: str | None,
              pretrained: str | None, device: str, offline: bool | None, threads: int | None) -> None:
     """Name the pins in one or more PHOTOS. The index's own encoder is used unless --model is given.
 
@@ -171,9 +162,9 @@ def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, m
     if multi:
         _identify_multi(index, photos, as_json, annotate_path)
         return
-    with _progress(len(photos), "identifying", quiet=len(photos) < 16) as advance:
+    with _stages(quiet=len(photos) < 16) as on_progress:
         results = index.identify_many(list(photos), k=k, verify=not no_verify, candidates=candidates,
-                                      on_progress=advance)
+                                      on_progress=on_progress)
     if as_json:
         click.echo(dumps([result.to_dict() for result in results], indent=2))
     else:
@@ -215,7 +206,7 @@ def info(index_dir: Path, as_json: bool) -> None:
     local = summary["local_features"]
     lines += [f"local:      {local['descriptors']} descriptors ({local['kind']}, at most {local['max_per_image']} "
               "per image)",
-              f"confidence: unknown pin under {summary['calibration']['threshold']:.2f}; calibration "
+              f"confidence: unknown pin under {summary['calibration']['unknown_below']:.2f}; calibration "
               f"{summary['calibration']['fitted_on']}",
               f"catalogue:  {plain(summary['catalogue']['source'])}"]
     click.echo("\n".join(lines))
@@ -268,15 +259,15 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
     index = PinIndex.load(index_dir, device=device, offline=offline)
     report = EvaluationReport({})
     if queries:
-        with _progress(len(queries), "querying", quiet) as advance:
+        with _stages(quiet) as on_progress:
             report = evaluate(index, queries, batch_size=batch_size, threshold=threshold, verify=not no_verify,
-                              latency_samples=latency_samples, on_progress=advance)
+                              latency_samples=latency_samples, on_progress=on_progress)
     if boards_path is not None:
         from .evaluation.boards import evaluate_boards, read_boards
 
         boards = read_boards(boards_path, sample=sample, seed=seed)
-        with _progress(len(boards), "boards", quiet) as advance:
-            report.metrics["boards"] = evaluate_boards(index, boards, on_progress=advance)
+        with _stages(quiet) as on_progress:
+            report.metrics["boards"] = evaluate_boards(index, boards, on_progress=on_progress)
     if json_path:
         json_path.write_text(report.to_json() + "\n", encoding="utf-8")
     if as_json:
@@ -369,7 +360,10 @@ def dedup_command(listings: Path, output: Path | None, mode: str, threshold: flo
 
 @contextmanager
 def _stages(quiet: bool) -> Iterator[Any]:
-    """One tqdm bar per stage of a long job (hashing, encoding, neighbours, ...)."""
+    """One tqdm bar per stage of a long job (hashing, encoding, neighbours, ...): the one progress shape.
+
+    Bars show on a terminal and stay silent in logs and pipes (tqdm's ``disable=None``).
+    """
     from tqdm import tqdm
 
     bars: dict[str, Any] = {}
@@ -409,29 +403,29 @@ def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotat
     answers, failed = [], []
     for photo in photos:
         try:
-            answers.append((photo, index.identify_multi(photo)))
+            answers.append((photo, index.identify_multi(photo), None))
         except ImageError as exc:
             failed.append(str(exc))
-            answers.append((photo, None))
+            answers.append((photo, None, exc.reason))
     if as_json:
-        click.echo(json.dumps([{"query": str(photo), "error": None if found is not None else "unreadable",
-                                "pins": [f.to_dict() for f in found or []]} for photo, found in answers],
-                              indent=2, ensure_ascii=False))
+        click.echo(dumps([{"query": str(photo), "error": error, "pins": [f.to_dict() for f in found or []]}
+                          for photo, found, error in answers], indent=2))
     else:
-        for photo, found in answers:
+        for photo, found, _ in answers:
             if found is None:
                 continue
-            click.echo(f"{photo}: {len(found)} pin(s) found")
+            click.echo(f"{plain(str(photo))}: {len(found)} pin(s) found")
             for item in found:
                 corners = " ".join(f"{x:.0f},{y:.0f}" for x, y in item.polygon)
-                click.echo(f"  {percent(item.confidence):>5}  {item.match.pin_id}  {item.match.name}  [{corners}]")
+                click.echo(f"  {percent(item.confidence):>5}  {plain(item.match.pin_id)}  {plain(item.match.name)}"
+                           f"  [{corners}]")
     if annotate_path is not None and answers[0][1] is not None:
         from .identify.annotate import write_annotated
 
         write_annotated(photos[0], answers[0][1], annotate_path)
         click.echo(f"Wrote {plain(annotate_path)}", err=True)
     for message in failed:
-        click.echo(f"pinid: error: {message}", err=True)
+        click.echo(f"pinid: error: {plain(message)}", err=True)
     if failed:
         sys.exit(EXIT_IMAGE_ERROR)
 
@@ -482,16 +476,6 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-@contextmanager
-def _progress(total: int, what: str, quiet: bool) -> Iterator[Any]:
-    from tqdm import tqdm
-
-    # disable=None: shown on a terminal, silent in logs and pipes.
-    with tqdm(total=total, desc=what, unit="img", disable=True if quiet else None, file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        yield bar.update
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn errors into one line and an exit code."""
     previous = _catch_sigterm()
@@ -518,7 +502,7 @@ def _run(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="pinid", standalone_mode=False)
     except PinidError as exc:
-        click.echo(f"pinid: error: {exc}", err=True)
+        click.echo(f"pinid: error: {plain(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+
+
+#: The one progress-callback shape: ``(stage, done, total)``, called as work advances. ``stage`` names
+#: what is being counted ("encoding", "local features", "identifying", "neighbours", ...); ``done`` only
+#: grows within a stage, and a new stage starts a new count.
+Progress = Callable[[str, int, int], None]
 
 
 def finite_or_none(value: float | None, digits: int) -> float | None:

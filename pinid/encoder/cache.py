@@ -35,6 +35,7 @@ from .._atomic import write_file_atomically
 from ..errors import EncoderMismatchError, ImageError, InputError
 from ..images import load_image
 from ..phash import PHASH_VERSION, WINDOWS, window_hashes
+from ..results import Progress
 from ..tables import parse_json
 
 FORMAT_NAME = "pinid-embedding-cache"
@@ -248,8 +249,6 @@ def _clear(folder: Path) -> None:
 
 
 # ----------------------------------------------------------------- embedding
-#: ``(stage, done, total)``, called as work advances.
-Progress = Callable[[str, int, int], None]
 
 
 class ImageEncoder(Protocol):

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import InputError, PinidError
 from ..index import PinIndex
+from ..results import Progress
 from ..tables import TableError, printable, read_rows
 
 MIN_IOU = 0.3
@@ -107,11 +108,11 @@ def board_metrics(scored: Sequence[tuple[float, bool]], total_pins: int, thresho
 
 
 def evaluate_boards(index: PinIndex, boards: Sequence[BoardTruth], *,
-                    on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                    on_progress: Progress | None = None) -> dict[str, Any]:
     """Find pins on every board photo (all candidates, any confidence) and score them."""
     scored: list[tuple[float, bool]] = []
     unreadable = 0
-    for board in boards:
+    for done, board in enumerate(boards, 1):
         try:
             found = index.identify_multi(board.image, min_confidence=0.0)
         except PinidError:
@@ -119,8 +120,8 @@ def evaluate_boards(index: PinIndex, boards: Sequence[BoardTruth], *,
             found = []
         scored += score_board(board, [(f.match.pin_id, f.confidence, f.polygon) for f in found])
         if on_progress is not None:
-            on_progress(1)
-    metrics = board_metrics(scored, sum(len(b.pins) for b in boards), index.calibration.threshold)
+            on_progress("boards", done, len(boards))
+    metrics = board_metrics(scored, sum(len(b.pins) for b in boards), index.calibration.unknown_below)
     metrics["boards"] = len(boards)
     metrics["unreadable"] = unreadable
     return metrics

@@ -7,7 +7,7 @@ in the catalogue look unknown?) and latency per stage. Ground truth is read by
 
 The open-set threshold is explicit. A verified run scores each answer by its
 calibrated confidence, so by default it is judged at the index's calibrated
-threshold (``index.calibration.threshold``, the one ``identify`` uses to say
+threshold (``index.calibration.unknown_below``, the one ``identify`` uses to say
 "unknown pin"). A CLIP-only run (``verify=False``) scores answers by cosine
 similarity, which no calibration maps to a probability: it has an open-set
 threshold only when one is given.
@@ -18,11 +18,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..index import PinIndex
+from ..results import Progress
 from ..tables import dumps
 from .metrics import RECALL_AT, compute_metrics
 from .queries import GroundTruthQuery, QueryOutcome
@@ -50,7 +51,7 @@ class EvaluationReport:
 
 def evaluate(index: PinIndex, queries: Sequence[GroundTruthQuery], *, depth: int = 10, batch_size: int = 32,
              threshold: float | None = None, latency_samples: int = 50, verify: bool = True,
-             on_progress: Callable[[int], None] | None = None) -> EvaluationReport:
+             on_progress: Progress | None = None) -> EvaluationReport:
     """Rank every query against ``index`` and compute metrics and per-stage latency.
 
     Latency is measured separately on the first ``latency_samples`` queries
@@ -62,7 +63,7 @@ def evaluate(index: PinIndex, queries: Sequence[GroundTruthQuery], *, depth: int
     """
     threshold_from = THRESHOLD_GIVEN if threshold is not None else None
     if threshold is None and verify:
-        threshold, threshold_from = index.calibration.threshold, THRESHOLD_CALIBRATION
+        threshold, threshold_from = index.calibration.unknown_below, THRESHOLD_CALIBRATION
     results = index.identify_many([q.image for q in queries], k=max(depth, max(RECALL_AT)), batch_size=batch_size,
                                   verify=verify, on_progress=on_progress)
     outcomes = [QueryOutcome(query, result.matches, result.error, result.confidence)

@@ -35,17 +35,18 @@ _UNALIGNED = -12.0  # ranking score of a candidate without a homography
 
 @dataclass(frozen=True)
 class Calibration:
-    """Fitted coefficients; ``threshold`` is the confidence under which an answer is "unknown pin"."""
+    """Fitted coefficients; an answer whose confidence is under ``unknown_below`` is "unknown pin"."""
 
     ranking: tuple[float, ...]  # bias, then one weight per RANKING_FEATURES
     confidence: tuple[float, ...]  # bias, then one weight per CONFIDENCE_FEATURES
-    threshold: float
+    unknown_below: float
     fitted_on: str
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": CALIBRATION_VERSION, "ranking_features": list(RANKING_FEATURES),
                 "ranking": list(self.ranking), "confidence_features": list(CONFIDENCE_FEATURES),
-                "confidence": list(self.confidence), "threshold": self.threshold, "fitted_on": self.fitted_on}
+                "confidence": list(self.confidence), "unknown_below": self.unknown_below,
+                "fitted_on": self.fitted_on}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Calibration":
@@ -56,7 +57,11 @@ class Calibration:
             confidence = tuple(float(v) for v in data["confidence"])
             if len(ranking) != len(RANKING_FEATURES) + 1 or len(confidence) != len(CONFIDENCE_FEATURES) + 1:
                 raise ValueError("wrong number of coefficients")
-            return cls(ranking, confidence, float(data["threshold"]), str(data.get("fitted_on", "")))
+            # "threshold" is what indexes built before the rename call it
+            unknown_below = float(data["unknown_below"] if "unknown_below" in data else data["threshold"])
+            if not all(math.isfinite(v) for v in ranking + confidence) or not 0.0 <= unknown_below <= 1.0:
+                raise ValueError("coefficients must be finite and unknown_below a probability")
+            return cls(ranking, confidence, unknown_below, str(data.get("fitted_on", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"calibration is not usable ({exc})") from None
 

@@ -81,8 +81,6 @@ class LocalConfig:
 
 _SECTIONS: dict[str, type[Config]] = {"features": FeatureConfig, "vote": VoteConfig, "verify": VerifyConfig,
                                       "candidates": CandidateConfig}
-# Kept for pinid/index/pin_index.py until it reads recogniser.config.candidates; do not add uses.
-DEFAULT_CANDIDATES = CandidateConfig.max_candidates
 
 
 @dataclass(frozen=True)
@@ -195,7 +193,7 @@ class Recogniser:
         ranked, back = self.candidates(image, clip, limit=limit)
         confidence = self.confidence(ranked)
         return Identification(query, self.matches(ranked, k, back), None, confidence,
-                              confidence < self.calibration.threshold)
+                              confidence < self.calibration.unknown_below)
 
     def matches(self, ranked: Sequence[Candidate], k: int, back: float = 1.0) -> list[Match]:
         """Ranked candidates as pins (each pin once, at its best image), polygons in photo pixels."""
@@ -234,7 +232,7 @@ class Recogniser:
         accepted pin is the same pin (or a colourway sibling) and is dropped.
         The confidence of each uses as rivals only candidates that overlap it.
         """
-        threshold = self.calibration.threshold if min_confidence is None else min_confidence
+        threshold = self.calibration.unknown_below if min_confidence is None else min_confidence
         ranked, back = self.candidates(image, limit=limit, board=True)
         same_pin = self.config.candidates.same_pin_overlap_above
         aligned = [c for c in ranked if c.aligned]

@@ -7,7 +7,7 @@ interrupted build leaves the previous index untouched. One build at a time
 writes a target (``pinid._atomic.output_lock``), and it clears the staging
 folders a killed build left.
 
-Reference images are reduced to ``REFERENCE_LONG_SIDE_PX`` before local
+Reference images are reduced to ``FeatureConfig.reference_long_side_px`` (2048) before local
 features: the views features are taken from are at most 512 px, so a
 6000 x 6000 product shot gives the same kind of keypoints at 2048 px, for
 about 250 MB and 3.5 s instead of 2.4 GB and 16 s. Images up to that size
@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -33,20 +33,15 @@ from ..encoder.cache import EmbeddingCache, EmbedOptions, embed_files
 from ..encoder.clip import EncodeResult, Encoder
 from ..errors import CatalogueError, ImageError, InputError
 from ..identify.confidence import default_calibration
+from ..identify.recogniser import LocalConfig
 from ..images import load_image, working_copy
-from ..local.features import DESCRIPTOR_DIMS, MAX_REFERENCE_FEATURES, ReferenceEntry, reference_entry
+from ..local.features import DESCRIPTOR_DIMS, FeatureConfig, ReferenceEntry, reference_entry
 from ..local.store import write_local_store
 from ..local.vote import build_vocabulary, write_vocabulary
-from ..results import BuildReport
+from ..results import BuildReport, Progress
 from .format import (DATABASE_FILE, FORMAT_VERSION, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest,
                      is_index_directory)
 from .storage import write_database, write_vectors
-
-#: ``(done)`` increments, one call per finished image.
-Advance = Callable[[int], None]
-
-#: Reference images with a longer side are reduced to it before local features (at most ~300 MB each).
-REFERENCE_LONG_SIDE_PX = 2048
 
 
 def check_output(target: str | os.PathLike, catalogue_source: str | os.PathLike | None = None) -> Path:
@@ -105,23 +100,31 @@ def _check_apart(text: str, real: Path, catalogue_source: str | os.PathLike) -> 
         raise InputError(f"output {text} holds the catalogue {source}; write the index beside it")
 
 
-def build_index(catalogue: Catalogue, target: Path, encoder: Encoder | None, *, batch_size: int = 32,
-                workers: int = 2, cache: EmbeddingCache | None = None, on_progress: Advance | None = None,
-                on_features: Advance | None = None) -> BuildReport:
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a build runs. ``config`` is written whole into the manifest and used by every query."""
+
+    batch_size: int = 32
+    workers: int = 2
+    cache: EmbeddingCache | None = None  # content-keyed embeddings: rebuilds encode only new images
+    config: LocalConfig = field(default_factory=LocalConfig)
+
+
+def build_index(catalogue: Catalogue, target: Path, encoder: Encoder | None, options: BuildOptions = BuildOptions(),
+                on_progress: Progress | None = None) -> BuildReport:
     """Do the whole build and swap the result in at ``target``; returns what was built and skipped.
 
     ``target`` is checked (``check_output``) and locked before any image is read.
+    ``on_progress`` hears stages "encoding" (CLIP only) and "local features".
     """
     started = time.perf_counter()
     target = check_output(target, catalogue.source)
     with output_lock(target):
-        return _build_locked(catalogue, target, encoder, batch_size, workers, cache, on_progress, on_features,
-                             started)
+        return _build_locked(catalogue, target, encoder, options, on_progress, started)
 
 
-def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, batch_size: int, workers: int,
-                  cache: EmbeddingCache | None, on_progress: Advance | None, on_features: Advance | None,
-                  started: float) -> BuildReport:
+def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, options: BuildOptions,
+                  on_progress: Progress | None, started: float) -> BuildReport:
     owners: list[PinRecord] = []
     paths: list[Path] = []
     for pin in catalogue.pins:
@@ -132,13 +135,10 @@ def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, b
         encoded = None
         ok = list(range(len(paths)))
     else:
-        if cache is None:
-            encoded = encoder.encode_images(paths, batch_size=batch_size, workers=workers, on_progress=on_progress)
-        else:
-            encoded = _encode_with_cache(paths, encoder, cache, batch_size, workers, on_progress)
+        encoded = _encode(paths, encoder, options, on_progress)
         skipped += [(str(paths[i]), reason) for i, reason in encoded.failures]
         ok = list(encoded.ok)
-    entries, failures = _reference_entries([paths[i] for i in ok], workers, on_features)
+    entries, failures = _reference_entries([paths[i] for i in ok], options, on_progress)
     skipped += [(str(paths[ok[i]]), reason) for i, reason in failures]
     kept = [i for i, entry in enumerate(entries) if entry is not None]
     vectors = None if encoded is None else np.ascontiguousarray(encoded.vectors[kept])
@@ -156,8 +156,9 @@ def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, b
             write_vectors(folder / VECTORS_FILE, vectors)
         descriptors = write_local_store(folder / LOCAL_DIR, ((image_id, entries[i])
                                                              for image_id, i in enumerate(kept)))
-        write_vocabulary(build_vocabulary(descriptors), folder / VOCABULARY_FILE)
-        manifest = new_manifest(encoder, catalogue, pins=len(rows), images=len(ok), descriptors=len(descriptors))
+        write_vocabulary(build_vocabulary(descriptors, config=options.config.vote), folder / VOCABULARY_FILE)
+        manifest = new_manifest(encoder, catalogue, pins=len(rows), images=len(ok), descriptors=len(descriptors),
+                                config=options.config)
         (folder / MANIFEST_FILE).write_bytes(manifest.to_json())
 
     replace_directory_atomically(target, write, is_replaceable=is_index_directory, locked=True)
@@ -165,7 +166,7 @@ def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, b
 
 
 def new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, images: int,
-                 descriptors: int) -> Manifest:
+                 descriptors: int, config: LocalConfig = LocalConfig()) -> Manifest:
     import cv2
     import faiss
 
@@ -176,63 +177,72 @@ def new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, im
         vectors=None if encoder is None else {"file": VECTORS_FILE, "faiss_index": "IDMap2,Flat",
                                               "metric": "inner_product", "faiss_version": faiss.__version__},
         local_features={"kind": f"PCA{DESCRIPTOR_DIMS}-RootSIFT, 3 scales + 4 tilts, light and dark backdrop",
-                        "max_per_image": MAX_REFERENCE_FEATURES, "descriptors": int(descriptors),
+                        "max_per_image": config.features.max_reference_features, "descriptors": int(descriptors),
                         "vocabulary": VOCABULARY_FILE, "opencv_version": cv2.__version__},
         calibration=default_calibration().to_dict(), catalogue_source=str(catalogue.source.resolve()),
-        next_image_id=images)
+        next_image_id=images, local_config=config.to_dict())
 
 
-def _reference_entries(paths: list[Path], workers: int, on_features: Advance | None
+def _reference_entries(paths: list[Path], options: BuildOptions, on_progress: Progress | None
                        ) -> tuple[list[ReferenceEntry | None], list[tuple[int, str]]]:
     """Local features of every reference image, in threads (OpenCV releases the GIL)."""
+    features = options.config.features
 
     def one(path: Path) -> ReferenceEntry | str:
         try:
-            return reference_entry(reference_image(path))
+            return reference_entry(reference_image(path, features), config=features)
         except ImageError as exc:
             return exc.reason
 
     entries: list[ReferenceEntry | None] = []
     failures: list[tuple[int, str]] = []
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # on Ctrl-C or SIGTERM, map cancels what has not started
+    # on Ctrl-C or SIGTERM, map cancels what has not started
+    with ThreadPoolExecutor(max(1, options.workers)) as pool:
         for position, outcome in enumerate(pool.map(one, paths)):
             if isinstance(outcome, str):
                 failures.append((position, outcome))
                 entries.append(None)
             else:
                 entries.append(outcome)
-            if on_features is not None:
-                on_features(1)
+            if on_progress is not None:
+                on_progress("local features", position + 1, len(paths))
     return entries, failures
 
 
-def reference_image(path: Path) -> Image.Image:
-    """A reference image as local features see it: reduced to ``REFERENCE_LONG_SIDE_PX`` if larger.
+def reference_image(path: Path, config: FeatureConfig = FeatureConfig()) -> Image.Image:
+    """A reference image as local features see it: reduced to ``config.reference_long_side_px`` if larger.
 
     A JPEG is decoded at a reduced scale (DCT scaling) where that still leaves
     enough pixels; images up to the limit are used as they are.
     """
-    image, _ = working_copy(load_image(path, min_side=REFERENCE_LONG_SIDE_PX), REFERENCE_LONG_SIDE_PX)
+    side = config.reference_long_side_px
+    image, _ = working_copy(load_image(path, min_side=side), side)
     return image
 
 
-def _encode_with_cache(paths: list[Path], encoder: Encoder, cache: EmbeddingCache, batch_size: int, workers: int,
-                       on_progress: Advance | None) -> EncodeResult:
-    """The same result as ``encoder.encode_images(paths)``, taking known contents from ``cache``."""
-    reported = 0
+def _encode(paths: list[Path], encoder: Encoder, options: BuildOptions, on_progress: Progress | None
+            ) -> EncodeResult:
+    """CLIP vectors of every path; with a cache, known contents come from it (and count as done)."""
+    if options.cache is None:
+        done = 0
 
-    def advance_to(count: int) -> None:
-        nonlocal reported
-        if on_progress is not None and count > reported:
-            on_progress(count - reported)
-            reported = count
+        def advance(step: int) -> None:
+            nonlocal done
+            done += step
+            if on_progress is not None:
+                on_progress("encoding", done, len(paths))
+
+        return encoder.encode_images(paths, batch_size=options.batch_size, workers=options.workers,
+                                     on_progress=advance)
 
     def progress(stage: str, done: int, total: int) -> None:
-        if stage == "encoding":  # one bar over all images: the cached ones count as done
-            advance_to(len(paths) - total + done)
+        if stage == "encoding" and on_progress is not None:  # one count over all images
+            on_progress("encoding", len(paths) - total + done, len(paths))
 
-    embedded = embed_files(paths, encoder, cache, EmbedOptions(batch_size=batch_size, workers=workers), progress)
-    advance_to(len(paths))
+    embedded = embed_files(paths, encoder, options.cache,
+                           EmbedOptions(batch_size=options.batch_size, workers=options.workers), progress)
+    if on_progress is not None:
+        on_progress("encoding", len(paths), len(paths))
     ok = [position for position in range(len(paths)) if embedded.content_of[position] >= 0]
     vectors = embedded.vectors[embedded.content_of[ok]].astype(np.float32, copy=False)
     failures = sorted(embedded.failures.items())
@@ -248,4 +258,4 @@ def _rows_by_pin(owners: list[PinRecord], paths: list[Path], ok: list[int]
     return rows
 
 
-__all__ = ["REFERENCE_LONG_SIDE_PX", "build_index", "check_output", "new_manifest", "reference_image"]
+__all__ = ["BuildOptions", "build_index", "check_output", "new_manifest", "reference_image"]

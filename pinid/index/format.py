@@ -19,12 +19,13 @@ but these entries: anything else is never replaced or deleted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..errors import IndexFormatError
+from ..identify.recogniser import LocalConfig
 from ..tables import parse_json
 
 FORMAT_NAME = "pinid-index"
@@ -54,6 +55,7 @@ class Manifest:
     calibration: dict[str, Any]
     catalogue_source: str
     next_image_id: int
+    local_config: dict[str, Any] = field(default_factory=dict)  # LocalConfig.to_dict(); {} = the defaults
 
     @property
     def descriptors(self) -> int:
@@ -65,7 +67,8 @@ class Manifest:
                 "created_at": self.created_at, "encoder": self.encoder,
                 "counts": {"pins": self.pins, "images": self.images}, "vectors": self.vectors,
                 "local_features": self.local_features, "calibration": self.calibration,
-                "catalogue": {"source": self.catalogue_source}, "next_image_id": self.next_image_id}
+                "catalogue": {"source": self.catalogue_source}, "next_image_id": self.next_image_id,
+                "local_config": self.local_config}
 
     def to_json(self) -> bytes:
         return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
@@ -84,7 +87,8 @@ class Manifest:
             manifest = cls(int(version), str(data["pinid_version"]), str(data["created_at"]), encoder,
                            _count(counts["pins"]), _count(counts["images"]), data.get("vectors"), dict(local),
                            dict(data["calibration"]), str(data["catalogue"]["source"]),
-                           _count(data.get("next_image_id", counts["images"])))
+                           _count(data.get("next_image_id", counts["images"])),
+                           dict(data.get("local_config", {})))
             _count(local["descriptors"])
             if encoder is not None:
                 if not isinstance(encoder, dict) or not isinstance(encoder["model"], str):
@@ -95,7 +99,15 @@ class Manifest:
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"index {where}: {MANIFEST_FILE} lacks or garbles a field ({exc}); "
                                    "rebuild the index") from None
+        try:
+            manifest.config()
+        except IndexFormatError as exc:
+            raise IndexFormatError(f"index {where}: {MANIFEST_FILE}: {exc}; rebuild the index") from None
         return manifest
+
+    def config(self) -> LocalConfig:
+        """The local-feature settings the index was built with (and must be queried with)."""
+        return LocalConfig.from_dict(self.local_config)
 
 
 def _count(value: Any) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from PIL import Image
 
@@ -23,12 +23,12 @@ from ..errors import (EncoderMismatchError, ImageError, IndexFormatError, InputE
                       WeightsUnavailableError)
 from ..identify.confidence import Calibration, default_calibration
 from ..identify.pin_table import PinTable
-from ..identify.recogniser import DEFAULT_CANDIDATES, Candidate, Recogniser
+from ..identify.recogniser import Candidate, LocalConfig, Recogniser
 from ..images import ImageSource, load_image
 from ..local.store import LocalStore
 from ..local.vote import read_vocabulary
-from ..results import BuildReport, Found, Identification, Match
-from .build import build_index
+from ..results import BuildReport, Found, Identification, Match, Progress
+from .build import BuildOptions, build_index
 from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest,
                      read_manifest)
 from .search import ExactSearcher, search_pins
@@ -55,8 +55,7 @@ class PinIndex:
     @classmethod
     def build(cls, catalogue: Catalogue, out_dir: str | os.PathLike, encoder: Encoder | None, *,
               batch_size: int = 32, workers: int = 2, cache: EmbeddingCache | None = None,
-              on_progress: Callable[[int], None] | None = None,
-              on_features: Callable[[int], None] | None = None) -> "PinIndex":
+              config: LocalConfig | None = None, on_progress: Progress | None = None) -> "PinIndex":
         """Encode every reference image, extract its local features and write a new index atomically.
 
         Args:
@@ -65,8 +64,10 @@ class PinIndex:
             encoder: a loaded :class:`Encoder`, or ``None`` for a local-features-only index (no model).
             cache: an ``EmbeddingCache`` keyed by file content: a rebuild encodes only new or
                 changed files, and an interrupted build resumes.
-            on_progress, on_features: called with 1 per encoded image / per image whose local
-                features are done.
+            config: the local-feature settings (default ``LocalConfig()``), recorded in the manifest
+                and used by every query of this index.
+            on_progress: ``(stage, done, total)`` for the stages "encoding" (CLIP only) and
+                "local features".
 
         Returns:
             The loaded index; ``build_report`` lists pins, images, seconds and every skipped file.
@@ -79,8 +80,8 @@ class PinIndex:
             >>> index = PinIndex.build(read_catalogue("pins/"), "pins.index", Encoder.load())  # doctest: +SKIP
         """
         target = Path(out_dir).expanduser()
-        report = build_index(catalogue, target, encoder, batch_size=batch_size, workers=workers, cache=cache,
-                             on_progress=on_progress, on_features=on_features)
+        options = BuildOptions(batch_size, workers, cache, config or LocalConfig())
+        report = build_index(catalogue, target, encoder, options, on_progress)
         index = cls.load(target, encoder=encoder)
         index.build_report = report
         return index
@@ -183,8 +184,8 @@ class PinIndex:
         return result
 
     def identify_many(self, images: Sequence[ImageSource], k: int = 5, *, batch_size: int = 32,
-                      verify: bool = True, candidates: int = DEFAULT_CANDIDATES,
-                      on_progress: Callable[[int], None] | None = None) -> list[Identification]:
+                      verify: bool = True, candidates: int | None = None,
+                      on_progress: Progress | None = None) -> list[Identification]:
         """Identify many photos; an unreadable photo gets an ``error``, the rest still answer.
 
         Args:
@@ -194,7 +195,9 @@ class PinIndex:
                 and local-feature candidates are merged, the first ``candidates`` are verified
                 geometrically and by colour, and each answer gets a calibrated confidence.
                 ``False`` ranks by CLIP similarity alone.
-            on_progress: called with 1 per photo answered.
+            candidates: reference images verified per photo (default: the index's
+                ``LocalConfig.candidates.max_candidates``, 50); also the depth of the CLIP top list.
+            on_progress: ``(stage, done, total)`` with stage "identifying", once per photo answered.
 
         Returns:
             One :class:`Identification` per input, in order; ``error`` says why a photo could not be read.
@@ -203,6 +206,7 @@ class PinIndex:
             InputError: ``k`` or ``candidates`` below 1.
             LocalOnlyError: ``verify=False`` on an index without CLIP vectors.
         """
+        candidates = self._recogniser.config.candidates.max_candidates if candidates is None else candidates
         _check_positive(k=k, candidates=candidates, batch_size=batch_size)
         if not verify:
             return self._identify_by_clip(images, k, batch_size, on_progress)
@@ -224,7 +228,7 @@ class PinIndex:
                     results.append(self._recogniser.identify(photo, next(clip), k=k, limit=candidates,
                                                              query=_query_name(source)))
                 if on_progress is not None:
-                    on_progress(1)
+                    on_progress("identifying", len(results), len(images))
         return results
 
     def identify_multi(self, image: ImageSource, *, min_confidence: float | None = None) -> list[Found]:
@@ -235,15 +239,16 @@ class PinIndex:
         """
         return self._recogniser.find_all(load_image(image), min_confidence=min_confidence)
 
-    def verified_candidates(self, image: ImageSource, *, candidates: int = DEFAULT_CANDIDATES
+    def verified_candidates(self, image: ImageSource, *, candidates: int | None = None
                             ) -> tuple[list[Candidate], float]:
         """Every verified candidate for one photo with its features (for calibration and diagnosis).
 
         Returns the candidates best first and the factor from their polygons' pixels to the photo's.
         """
         photo = load_image(image)
-        clip = self._clip_candidates([photo], candidates)[0]
-        return self._recogniser.candidates(photo, clip, limit=candidates)
+        limit = self._recogniser.config.candidates.max_candidates if candidates is None else candidates
+        clip = self._clip_candidates([photo], limit)[0]
+        return self._recogniser.candidates(photo, clip, limit=limit)
 
     def search(self, vectors: Any, k: int = 5) -> list[list[Match]]:
         """Top-``k`` pins per CLIP query vector, each pin at its best reference image (``similarity``)."""
@@ -262,11 +267,19 @@ class PinIndex:
         return [found.get(position, []) for position in range(len(photos))]
 
     def _identify_by_clip(self, images: Sequence[ImageSource], k: int, batch_size: int,
-                          on_progress: Callable[[int], None] | None) -> list[Identification]:
+                          on_progress: Progress | None) -> list[Identification]:
         self._require_searcher()
         if self.encoder is None:
             raise InputError("this index was loaded without an encoder; load it with encoder='manifest'")
-        encoded = self.encoder.encode_images(images, batch_size=batch_size, on_progress=on_progress)
+        done = 0
+
+        def advance(step: int) -> None:
+            nonlocal done
+            done += step
+            if on_progress is not None:
+                on_progress("identifying", done, len(images))
+
+        encoded = self.encoder.encode_images(images, batch_size=batch_size, on_progress=advance)
         ranked = self.search(encoded.vectors, k=k)
         by_position = dict(zip(encoded.ok, ranked))
         errors = dict(encoded.failures)
@@ -287,10 +300,11 @@ def _load_recogniser(folder: Path, manifest: Manifest, table: PinTable) -> Recog
             table.image_ids.tolist()):
         raise IndexFormatError(f"index {folder} is inconsistent: its local features do not cover the same "
                                "images as the catalogue; rebuild it")
-    vocabulary = read_vocabulary(folder / VOCABULARY_FILE, len(store.descriptors))
+    config = manifest.config()
+    vocabulary = read_vocabulary(folder / VOCABULARY_FILE, len(store.descriptors), config=config.vote)
     calibration = (Calibration.from_dict(manifest.calibration) if manifest.calibration
                    else default_calibration())
-    return Recogniser(store, vocabulary, table, calibration)
+    return Recogniser(store, vocabulary, table, calibration, config)
 
 
 def check_encoder(folder: Path, recorded: dict[str, Any], encoder: Encoder) -> None:

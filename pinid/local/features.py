@@ -56,6 +56,7 @@ class FeatureConfig(Config):
     """How keypoints are found and how many are kept, for reference shots and for photos."""
 
     max_reference_features: int = 750  # per reference image, all views together (the 64 KB budget)
+    reference_long_side_px: int = 2048  # larger reference images are reduced first (bounds memory: ~250 MB)
     max_query_features: int = 4000  # strongest keypoints kept of a single-pin photo
     max_board_features: int = 5000  # ... of a board photo
     query_long_side_px: int = 1024  # a photo is reduced to this long side before extraction
@@ -69,8 +70,8 @@ class FeatureConfig(Config):
     foreground_difference_above: int = 40  # grey levels from the backdrop above which a pixel is pin
 
     def __post_init__(self) -> None:
-        for name in ("max_reference_features", "max_query_features", "max_board_features",
-                     "query_long_side_px", "board_long_side_px"):
+        for name in ("max_reference_features", "reference_long_side_px", "max_query_features",
+                     "max_board_features", "query_long_side_px", "board_long_side_px"):
             check(getattr(self, name) >= 1, f"{name} must be at least 1")
         check(self.sift_contrast_threshold > 0, "sift_contrast_threshold must be above 0")
         check(self.tilt_factor >= 1, "tilt_factor must be at least 1")
@@ -78,10 +79,6 @@ class FeatureConfig(Config):
               "view sides must be at least 1 px")
         check(0 <= self.dark_backdrop_grey <= 255, "dark_backdrop_grey must be 0..255")
         check(0 <= self.foreground_difference_above <= 255, "foreground_difference_above must be 0..255")
-
-
-# Kept for pinid/index/build.py until it reads FeatureConfig; do not add uses.
-MAX_REFERENCE_FEATURES = FeatureConfig.max_reference_features
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def test_verified_eval_uses_the_index_calibrated_threshold_by_default(scored: tu
     index_dir, ground_truth = scored
     shutil.copytree(index_dir, tmp_path / "idx")
     index = PinIndex.load(tmp_path / "idx", encoder=None)
-    index.replace_calibration(replace(index.calibration, threshold=0.37))
+    index.replace_calibration(replace(index.calibration, unknown_below=0.37))
     code, table, _ = run(capsys, "eval", "-i", tmp_path / "idx", "--queries", ground_truth, "--json",
                          "--latency-samples", "0", "-q")
     assert code == 0

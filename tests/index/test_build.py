@@ -18,7 +18,10 @@ import pytest
 from pinid.catalogue import read_catalogue
 from pinid.errors import InputError
 from pinid.index import build as build_module
-from pinid.index.build import REFERENCE_LONG_SIDE_PX, build_index, check_output
+from pinid.index.build import build_index, check_output
+from pinid.local.features import FeatureConfig
+
+REFERENCE_LONG_SIDE_PX = FeatureConfig().reference_long_side_px
 from pinid.index.format import is_index_directory
 
 from tests.support import draw_pin_image, run

@@ -192,7 +192,7 @@ def test_two_pins_in_one_photo_are_both_found(local_index: PinIndex) -> None:
         outline = np.float32([[24, 24], [SIDE - 24, 24], [SIDE - 24, SIDE - 24], [24, SIDE - 24]])
         truth = cv2.perspectiveTransform(outline.reshape(-1, 1, 2), transform).reshape(-1, 2)
         assert polygon_iou(by_pin[pin_id].polygon, truth) > 0.8
-        assert by_pin[pin_id].confidence >= local_index.calibration.threshold
+        assert by_pin[pin_id].confidence >= local_index.calibration.unknown_below
 
 
 def test_damaged_local_features_are_refused(local_index: PinIndex, tmp_path: Path) -> None:
@@ -224,7 +224,7 @@ def test_pickled_arrays_are_not_loaded(local_index: PinIndex, tmp_path: Path) ->
 # ---------------------------------------------------------------- calibration
 def test_shipped_calibration_loads_and_orders_sensibly() -> None:
     calibration = default_calibration()
-    assert 0 < calibration.threshold < 1 and calibration.fitted_on
+    assert 0 < calibration.unknown_below < 1 and calibration.fitted_on
     weak, strong = calibration.answer_confidence(-3.0, 0.5), calibration.answer_confidence(3.0, 5.0)
     assert 0.0 <= weak < strong <= 1.0
 
@@ -244,3 +244,11 @@ def test_logistic_fit_recovers_a_known_rule() -> None:
     y = rng.random(4000) < 1 / (1 + np.exp(-(0.5 + 2.0 * x[:, 0] - 1.0 * x[:, 1])))
     bias, w0, w1 = fit_logistic(x, y)
     assert abs(bias - 0.5) < 0.2 and abs(w0 - 2.0) < 0.25 and abs(w1 + 1.0) < 0.2
+
+
+def test_calibration_written_before_the_rename_still_loads() -> None:
+    legacy = {**default_calibration().to_dict(), "threshold": 0.42}
+    del legacy["unknown_below"]
+    assert Calibration.from_dict(legacy).unknown_below == 0.42
+    with pytest.raises(IndexFormatError):
+        Calibration.from_dict({**default_calibration().to_dict(), "unknown_below": 1.5})
