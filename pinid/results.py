@@ -20,6 +20,19 @@ import numpy as np
 Progress = Callable[[str, int, int], None]
 
 
+def counting(on_progress: Progress | None, stage: str, total: int) -> Callable[[int], None]:
+    """Adapt a per-item ``(step)`` callback (the encoder's) to ``Progress`` for one stage."""
+    done = 0
+
+    def advance(step: int) -> None:
+        nonlocal done
+        done += step
+        if on_progress is not None:
+            on_progress(stage, done, total)
+
+    return advance
+
+
 def finite_or_none(value: float | None, digits: int) -> float | None:
     """A number for JSON: rounded, or ``None`` for missing, NaN and infinity (JSON has no NaN)."""
     if value is None or not math.isfinite(value):

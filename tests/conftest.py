@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -58,3 +59,13 @@ def make_catalogue(tmp_path: Path) -> MakeCatalogue:
     return make
 
 
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """Files are created under the common umask 022 (tests compare permission bits)."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)

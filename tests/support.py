@@ -133,3 +133,11 @@ class CountingEncoder:
         self.images += len(sources)
         return self._encoder.encode_images(sources, **kwargs)
 
+
+
+def write_catalogue(root: Path, pins: int = 2) -> Path:
+    """A folder catalogue of ``pins`` generated pins, one image each (``pin-0/a.png``, ...)."""
+    for p in range(pins):
+        (root / f"pin-{p}").mkdir(parents=True, exist_ok=True)
+        draw_pin_image(p).save(root / f"pin-{p}" / "a.png")
+    return root

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -15,13 +14,6 @@ from pinid._atomic import (check_file_target, clear_stale, new_file_mode, output
 from pinid.errors import InputError
 
 
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 def _mode(path: Path) -> int:

@@ -18,15 +18,9 @@ import pytest
 from PIL import Image
 
 from tests.support import corrupt_files, draw_pin_image, run
+from tests.support import write_catalogue as _catalogue
 
 Case = Callable[[Path, Path], list[str]]  # (work dir, previous index) -> argv
-
-
-def _catalogue(root: Path, pins: int = 2) -> Path:
-    for p in range(pins):
-        (root / f"pin-{p}").mkdir(parents=True, exist_ok=True)
-        draw_pin_image(p).save(root / f"pin-{p}" / "a.png")
-    return root
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:

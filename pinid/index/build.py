@@ -38,7 +38,7 @@ from ..images import load_image, working_copy
 from ..local.features import DESCRIPTOR_DIMS, FeatureConfig, ReferenceEntry, reference_entry
 from ..local.store import write_local_store
 from ..local.vote import build_vocabulary, write_vocabulary
-from ..results import BuildReport, Progress
+from ..results import BuildReport, Progress, counting
 from .format import (DATABASE_FILE, FORMAT_VERSION, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest,
                      is_index_directory)
 from .storage import write_database, write_vectors
@@ -224,16 +224,8 @@ def _encode(paths: list[Path], encoder: Encoder, options: BuildOptions, on_progr
             ) -> EncodeResult:
     """CLIP vectors of every path; with a cache, known contents come from it (and count as done)."""
     if options.cache is None:
-        done = 0
-
-        def advance(step: int) -> None:
-            nonlocal done
-            done += step
-            if on_progress is not None:
-                on_progress("encoding", done, len(paths))
-
         return encoder.encode_images(paths, batch_size=options.batch_size, workers=options.workers,
-                                     on_progress=advance)
+                                     on_progress=counting(on_progress, "encoding", len(paths)))
 
     def progress(stage: str, done: int, total: int) -> None:
         if stage == "encoding" and on_progress is not None:  # one count over all images

@@ -27,7 +27,7 @@ from ..identify.recogniser import Candidate, LocalConfig, Recogniser
 from ..images import ImageSource, load_image
 from ..local.store import LocalStore
 from ..local.vote import read_vocabulary
-from ..results import BuildReport, Found, Identification, Match, Progress
+from ..results import BuildReport, Found, Identification, Match, Progress, counting
 from .build import BuildOptions, build_index
 from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest,
                      read_manifest)
@@ -271,15 +271,8 @@ class PinIndex:
         self._require_searcher()
         if self.encoder is None:
             raise InputError("this index was loaded without an encoder; load it with encoder='manifest'")
-        done = 0
-
-        def advance(step: int) -> None:
-            nonlocal done
-            done += step
-            if on_progress is not None:
-                on_progress("identifying", done, len(images))
-
-        encoded = self.encoder.encode_images(images, batch_size=batch_size, on_progress=advance)
+        encoded = self.encoder.encode_images(images, batch_size=batch_size,
+                                             on_progress=counting(on_progress, "identifying", len(images)))
         ranked = self.search(encoded.vectors, k=k)
         by_position = dict(zip(encoded.ok, ranked))
         errors = dict(encoded.failures)

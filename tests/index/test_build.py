@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -42,13 +41,6 @@ def local_index(make_catalogue, tmp_path: Path) -> Path:
     return tmp_path / "idx"
 
 
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 # ------------------------------------------------------------- never a user's folder

@@ -13,22 +13,15 @@ from pinid.identify.recogniser import CandidateConfig, LocalConfig
 from pinid.index import PinIndex
 from pinid.index.format import MANIFEST_FILE
 from pinid.local.features import FeatureConfig
-from tests.support import draw_pin_image
-
-
-def _catalogue(root: Path, pins: int = 4) -> Path:
-    for p in range(pins):
-        (root / f"pin-{p}").mkdir(parents=True)
-        draw_pin_image(p).save(root / f"pin-{p}" / "a.png")
-    return root
+from tests.support import write_catalogue
 
 
 def test_build_records_the_config_and_queries_use_it(tmp_path: Path) -> None:
     config = LocalConfig(features=FeatureConfig(max_reference_features=300),
                          candidates=CandidateConfig(max_candidates=2))
     stages: list[tuple[str, int, int]] = []
-    PinIndex.build(read_catalogue(_catalogue(tmp_path / "cat")), tmp_path / "idx", None, config=config,
-                           on_progress=lambda *args: stages.append(args))
+    PinIndex.build(read_catalogue(write_catalogue(tmp_path / "cat", pins=4)), tmp_path / "idx", None,
+                   config=config, on_progress=lambda *args: stages.append(args))
     recorded = json.loads((tmp_path / "idx" / MANIFEST_FILE).read_text())["local_config"]
     assert recorded["features"]["max_reference_features"] == 300 and recorded["candidates"]["max_candidates"] == 2
     reopened = PinIndex.load(tmp_path / "idx", encoder=None)
@@ -47,7 +40,7 @@ def test_build_records_the_config_and_queries_use_it(tmp_path: Path) -> None:
 
 
 def test_an_index_without_recorded_settings_uses_the_defaults(tmp_path: Path) -> None:
-    PinIndex.build(read_catalogue(_catalogue(tmp_path / "cat", pins=2)), tmp_path / "idx", None)
+    PinIndex.build(read_catalogue(write_catalogue(tmp_path / "cat", pins=2)), tmp_path / "idx", None)
     manifest = json.loads((tmp_path / "idx" / MANIFEST_FILE).read_text())
     del manifest["local_config"]  # as written before the settings were recorded
     (tmp_path / "idx" / MANIFEST_FILE).write_text(json.dumps(manifest))
@@ -57,7 +50,7 @@ def test_an_index_without_recorded_settings_uses_the_defaults(tmp_path: Path) ->
 @pytest.mark.parametrize("damage", [{"features": {"max_reference_features": "many"}}, {"colour": {}}, [1, 2]],
                          ids=["wrong type", "unknown section", "not an object"])
 def test_damaged_settings_are_a_format_error(tmp_path: Path, damage: object) -> None:
-    PinIndex.build(read_catalogue(_catalogue(tmp_path / "cat", pins=2)), tmp_path / "idx", None)
+    PinIndex.build(read_catalogue(write_catalogue(tmp_path / "cat", pins=2)), tmp_path / "idx", None)
     manifest = json.loads((tmp_path / "idx" / MANIFEST_FILE).read_text())
     manifest["local_config"] = damage
     (tmp_path / "idx" / MANIFEST_FILE).write_text(json.dumps(manifest))

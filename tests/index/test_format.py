@@ -11,18 +11,13 @@ from pinid.catalogue import read_catalogue
 from pinid.errors import IndexFormatError
 from pinid.index import PinIndex
 from pinid.index.format import MANIFEST_FILE, Manifest, is_index_directory, read_manifest
-from tests.support import run
+from tests.support import run, write_catalogue
 
 
 @pytest.fixture(scope="module")
 def local_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.support import draw_pin_image
-
     root = tmp_path_factory.mktemp("format")
-    for p in range(2):
-        (root / "cat" / f"pin-{p}").mkdir(parents=True)
-        draw_pin_image(p).save(root / "cat" / f"pin-{p}" / "a.png")
-    return PinIndex.build(read_catalogue(root / "cat"), root / "idx", None).path
+    return PinIndex.build(read_catalogue(write_catalogue(root / "cat")), root / "idx", None).path
 
 
 def test_manifest_round_trips(local_index: Path) -> None:

@@ -11,16 +11,13 @@ import pytest
 from pinid.catalogue import read_catalogue
 from pinid.errors import IndexFormatError
 from pinid.index import PinIndex
-from tests.support import draw_pin_image, run
+from tests.support import draw_pin_image, run, write_catalogue
 
 
 @pytest.fixture(scope="module")
 def local_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("storage")
-    for p in range(2):
-        (root / "cat" / f"pin-{p}").mkdir(parents=True)
-        draw_pin_image(p).save(root / "cat" / f"pin-{p}" / "a.png")
-    return PinIndex.build(read_catalogue(root / "cat"), root / "idx", None).path
+    return PinIndex.build(read_catalogue(write_catalogue(root / "cat")), root / "idx", None).path
 
 
 def _damaged_copy(source: Path, target: Path, sql: str) -> Path:
