@@ -178,6 +178,41 @@ def identify(photos: tuple[Path, ...], index_dir: Path, k: int, as_json: bool, m
 
 
 @cli.command()
+@click.argument("query", nargs=-1, required=True)
+@click.option("-i", "--index", "index_dir", required=True, type=click.Path(path_type=Path),
+              help="index directory made by `pinid build-index` (with CLIP, not --encoder local)")
+@click.option("-k", "--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="number of pins to list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@_device_option
+@_offline_option
+@_threads_option
+def search(query: tuple[str, ...], index_dir: Path, k: int, as_json: bool, device: str, offline: bool | None,
+           threads: int | None) -> None:
+    """Find pins by a description, e.g. pinid search "gold fox with a red rim" -i INDEX.
+
+    Pins are ranked by CLIP text-image similarity: the cosine of the text with
+    each pin's best reference image. The model's text side is loaded for this
+    command only; a text longer than the model's context is truncated.
+    """
+    from .encoder.clip import check_text_query
+    from .index import PinIndex
+
+    _set_threads(threads)
+    text = check_text_query(" ".join(query))  # before the model is loaded: an empty query costs nothing
+    index = PinIndex.load(index_dir, device=device, offline=offline)
+    matches = index.search_text(text, k=k)
+    if as_json:
+        click.echo(dumps({"query": text, "matches": [match.to_dict() for match in matches]}, indent=2))
+        return
+    click.echo(f'pins for "{plain(text)}", by CLIP text-image similarity')
+    width = max([len(plain(m.pin_id)) for m in matches] + [6])
+    click.echo(f"  {'rank':>4}  {'pin id':<{width}}  {'cosine':>6}  name")
+    for match in matches:
+        click.echo(f"  {match.rank:>4}  {plain(match.pin_id):<{width}}  {match.similarity:6.3f}  {plain(match.name)}")
+
+
+@cli.command()
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
 def info(index_dir: Path, as_json: bool) -> None:
@@ -389,11 +424,21 @@ def _stages(quiet: bool) -> Iterator[Any]:
 @click.option("--pretrained", default=None, metavar="TAG|FILE", help="pretrained tag or weights file")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="folder to write")
 def export_model(model: str, pretrained: str | None, output: Path) -> None:
-    """Save MODEL's weights and config as a local-dir: folder, to copy to an offline machine."""
-    from .encoder import save_local_dir
+    """Save MODEL's weights and config as a local-dir: folder, to copy to an offline machine.
 
-    folder = save_local_dir(output, model, pretrained)
-    click.echo(f"Wrote {folder}; use it with --model local-dir:{folder.resolve()}")
+    The folder keeps every setting of the weights (preprocessing, QuickGELU), so an
+    index built with MODEL accepts it as the same encoder.
+    """
+    from .encoder import save_local_dir
+    from .errors import InputError
+
+    if output.exists() and not output.is_dir():  # before the weights are loaded: a bad -o costs nothing
+        raise InputError(f"-o {output} is a file, not a folder")
+    try:
+        folder = save_local_dir(output, model, pretrained)
+    except OSError as exc:
+        raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    click.echo(f"Wrote {plain(str(folder))}; use it with --model local-dir:{plain(str(folder.resolve()))}")
 
 
 def _identify_multi(index: Any, photos: tuple[Path, ...], as_json: bool, annotate_path: str | None) -> None:

@@ -16,7 +16,8 @@ from pinid.cli import main
 TINY_MODEL_CFG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 128, "width": 32, "heads": 2, "layers": 1},
+    # vocab_size: every id open_clip's tokenizer gives, so that the text tower can search (text search tests)
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import socket
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -36,13 +40,12 @@ _CHECKPOINT_NAMES = (
     "model.safetensors",
     "pytorch_model.bin",
 )
-_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
-
-OFFLINE_HELP = (
-    "to work offline, run `pinid export-model MODEL --pretrained TAG -o DIR` on a connected "
-    "machine and pass `--model local-dir:DIR`, or pass `--pretrained /path/to/weights` "
-    "(a .safetensors/.bin file) for a built-in architecture"
-)
+# A pretrained tag's preprocessing, as create_model_and_transforms takes it (it builds
+# force_preprocess_cfg itself from these, so that one cannot be passed).
+_PREPROCESS_KWARGS = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation",
+                      "resize_mode": "image_resize_mode"}
+# How long the reachability check may take, DNS look-up included.
+NETWORK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -63,9 +66,60 @@ class EncoderSpec:
 
 @dataclass(frozen=True)
 class ResolvedWeights:
+    """Where the weights are and how open_clip must build the model around them."""
+
     checkpoint: Path
     open_clip_name: str
+    # keyword arguments of open_clip.create_model_and_transforms (a tag's preprocessing, quick_gelu)
     open_clip_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where missing weights would come from, for the one-line error that says so."""
+
+    spec: EncoderSpec
+    repo: str | None = None  # Hugging Face repo id
+    files: tuple[str, ...] = ()
+    folder: Path | None = None  # the cache folder searched
+
+    def where(self) -> str:
+        files = " or ".join(self.files)
+        if self.repo:
+            return f"Hugging Face repo {self.repo} ({files}) is not in the cache folder {self.folder}"
+        return f"{files} is not in the cache folder {self.folder}"
+
+    def help(self) -> str:
+        """The exact commands that make these weights usable offline."""
+        spec = self.spec
+        folder = re.sub(r"[^A-Za-z0-9._-]+", "-", spec.model.split("/")[-1] if spec.model.startswith(HF_HUB_PREFIX)
+                        else f"{spec.model}-{spec.pretrained}").strip("-.") or "weights"
+        export = f"pinid export-model {shlex.quote(spec.model)}"
+        if spec.pretrained:
+            export += f" --pretrained {shlex.quote(spec.pretrained)}"
+        return (f"to work offline, run `{export} -o {folder}` on a connected machine, copy {folder} here "
+                f"and pass `--model local-dir:{folder}` (or `--pretrained FILE` with a .safetensors/.bin file "
+                "for a built-in architecture)")
+
+
+def recorded_spec(spec: EncoderSpec) -> EncoderSpec:
+    """``spec`` with its folder or weights file made absolute: an index records where they are.
+
+    Symlinks are kept (a file in a Hugging Face snapshot stays a snapshot path,
+    which :func:`resolve_weights` follows to the current revision if it goes).
+    """
+    if spec.model.startswith(LOCAL_DIR_PREFIX):
+        return EncoderSpec(LOCAL_DIR_PREFIX + str(Path(spec.model[len(LOCAL_DIR_PREFIX):]).expanduser().resolve()))
+    if spec.model.startswith(HF_HUB_PREFIX) or not spec.pretrained:
+        return spec
+    path = Path(spec.pretrained).expanduser()
+    if path.is_absolute() or not path.is_file():
+        return spec
+    import open_clip
+
+    if open_clip.get_pretrained_cfg(spec.model, spec.pretrained):
+        return spec  # a tag that happens to name a file here too: the tag wins, as in resolve_weights
+    return EncoderSpec(spec.model, os.path.abspath(path))
 
 
 def resolve_weights(spec: EncoderSpec, *, offline: bool | None = None,
@@ -78,8 +132,9 @@ def resolve_weights(spec: EncoderSpec, *, offline: bool | None = None,
         return ResolvedWeights(_checkpoint_in_folder(folder, spec), f"{LOCAL_DIR_PREFIX}{folder}")
     if spec.model.startswith(HF_HUB_PREFIX):
         repo = spec.model[len(HF_HUB_PREFIX):]
-        config = _hub_file(repo, CONFIG_FILE, spec, offline, cache_dir)
-        weights = _first_hub_file(repo, _CHECKPOINT_NAMES[:3], spec, offline, cache_dir)
+        config = _hub_file(repo, CONFIG_FILE, _hub_source(spec, repo, [CONFIG_FILE], cache_dir), offline, cache_dir)
+        names = _CHECKPOINT_NAMES[:3]
+        weights = _first_hub_file(repo, names, _hub_source(spec, repo, names, cache_dir), offline, cache_dir)
         if weights.parent != config.parent:
             raise WeightsUnavailableError(f"{spec.describe()}: config and weights are in different cache folders")
         return ResolvedWeights(weights, f"{LOCAL_DIR_PREFIX}{config.parent}")
@@ -101,6 +156,9 @@ def _resolve_builtin(spec: EncoderSpec, offline: bool, cache_dir: str | None) ->
         path = Path(spec.pretrained).expanduser()
         if path.is_file():
             return ResolvedWeights(path, spec.model)
+        moved = _current_snapshot_file(path)
+        if moved is not None:  # an index recorded a cache file of an older revision: same repo, same file
+            return ResolvedWeights(moved, spec.model)
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.model)) or "none"
         raise WeightsUnavailableError(
             f"{spec.pretrained!r} is neither a pretrained tag of {spec.model} nor a weights file "
@@ -112,16 +170,38 @@ def _resolve_builtin(spec: EncoderSpec, offline: bool, cache_dir: str | None) ->
         stem, suffix = os.path.splitext(filename)
         safe = "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin" else f"{stem}.safetensors"
         names = (safe, filename) if suffix in (".bin", ".pth") else (filename,)
-        checkpoint = _first_hub_file(repo, names, spec, offline, cache_dir)
+        checkpoint = _first_hub_file(repo, names, _hub_source(spec, repo, names, cache_dir), offline, cache_dir)
     elif tag_cfg.get("url"):
         checkpoint = _url_file(tag_cfg["url"], spec, offline, cache_dir)
     else:
         raise WeightsUnavailableError(f"{spec.describe()}: open_clip lists no source for these weights")
-    kwargs: dict[str, Any] = {
-        "force_preprocess_cfg": {k: tag_cfg[k] for k in _PREPROCESS_KEYS if k in tag_cfg},
-        "force_quick_gelu": bool(tag_cfg.get("quick_gelu", False)),
-    }
+    # We pass the file, not the tag, so open_clip does not apply the tag's settings itself.
+    kwargs: dict[str, Any] = {kwarg: tag_cfg[key] for key, kwarg in _PREPROCESS_KWARGS.items() if key in tag_cfg}
+    kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
     return ResolvedWeights(checkpoint, spec.model, kwargs)
+
+
+def _hub_source(spec: EncoderSpec, repo: str, names: Iterable[str], cache_dir: str | None) -> _Source:
+    from huggingface_hub import constants
+
+    root = Path(cache_dir or constants.HF_HUB_CACHE)
+    return _Source(spec, repo, tuple(names), root / ("models--" + repo.replace("/", "--")))
+
+
+def _current_snapshot_file(path: Path) -> Path | None:
+    """The same file in the current revision, for a missing file under ``models--ORG--REPO/snapshots/REV/``.
+
+    A cache update replaces the snapshot folder, so a path recorded by an index
+    goes stale while the repo is still cached; the index's weights digest then
+    tells whether the weights are still the same.
+    """
+    parts = path.absolute().parts
+    for i in range(len(parts) - 3):
+        if parts[i].startswith("models--") and parts[i + 1] == "snapshots":
+            repo = parts[i][len("models--"):].replace("--", "/")
+            found = _cached_hub_file(repo, "/".join(parts[i + 3:]), str(Path(*parts[:i])))
+            return found if found is not None and found.is_file() else None
+    return None
 
 
 def _checkpoint_in_folder(folder: Path, spec: EncoderSpec) -> Path:
@@ -136,7 +216,7 @@ def _checkpoint_in_folder(folder: Path, spec: EncoderSpec) -> Path:
         f"{spec.model}: no weights file in {folder} (expected one of {', '.join(_CHECKPOINT_NAMES)})")
 
 
-def _first_hub_file(repo: str, names: Iterable[str], spec: EncoderSpec, offline: bool,
+def _first_hub_file(repo: str, names: Iterable[str], source: _Source, offline: bool,
                     cache_dir: str | None) -> Path:
     names = list(names)
     for name in names:  # cache first: a cached file must never wait on the network
@@ -146,7 +226,7 @@ def _first_hub_file(repo: str, names: Iterable[str], spec: EncoderSpec, offline:
     last_error: Exception | None = None
     for name in names:
         try:
-            return _hub_file(repo, name, spec, offline, cache_dir)
+            return _hub_file(repo, name, source, offline, cache_dir)
         except WeightsUnavailableError as exc:
             last_error = exc
     assert last_error is not None
@@ -160,48 +240,89 @@ def _cached_hub_file(repo: str, filename: str, cache_dir: str | None) -> Path | 
     return Path(found) if isinstance(found, str) else None
 
 
-def _hub_file(repo: str, filename: str, spec: EncoderSpec, offline: bool, cache_dir: str | None) -> Path:
+def _hub_file(repo: str, filename: str, source: _Source, offline: bool, cache_dir: str | None) -> Path:
     cached = _cached_hub_file(repo, filename, cache_dir)
     if cached is not None:
         return cached
     from huggingface_hub import constants, hf_hub_download
 
-    _require_network(constants.ENDPOINT, spec, offline)
+    _require_network(constants.ENDPOINT, source, offline)
     try:
         return Path(hf_hub_download(repo_id=repo, filename=filename, cache_dir=cache_dir))
     except Exception as exc:  # huggingface_hub raises many unrelated types
         raise WeightsUnavailableError(
-            f"weights for {spec.describe()} could not be downloaded ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); {OFFLINE_HELP}") from exc
+            f"weights for {source.spec.describe()} could not be downloaded from {repo} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); {source.help()}") from exc
 
 
 def _url_file(url: str, spec: EncoderSpec, offline: bool, cache_dir: str | None) -> Path:
     from open_clip.pretrained import download_pretrained_from_url
 
-    target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(urlparse(url).path)
+    folder = Path(cache_dir or Path.home() / ".cache" / "clip")
+    target = folder / os.path.basename(urlparse(url).path)
     if target.is_file():
         return target
-    _require_network(url, spec, offline)
+    source = _Source(spec, None, (target.name,), folder)
+    _require_network(url, source, offline)
     try:
         return Path(download_pretrained_from_url(url, cache_dir=cache_dir))
     except Exception as exc:
-        raise WeightsUnavailableError(f"weights for {spec.describe()} could not be downloaded ({exc}); "
-                                      f"{OFFLINE_HELP}") from exc
+        raise WeightsUnavailableError(f"weights for {spec.describe()} could not be downloaded from {url} "
+                                      f"({exc}); {source.help()}") from exc
 
 
-def _require_network(url: str, spec: EncoderSpec, offline: bool) -> None:
+def _require_network(url: str, source: _Source, offline: bool) -> None:
     """Fail in seconds, not after a minute of retries, when the host is unreachable."""
     if offline:
         raise WeightsUnavailableError(
-            f"weights for {spec.describe()} are not in the local cache and offline mode is on; {OFFLINE_HELP}")
+            f"weights for {source.spec.describe()} are missing and offline mode is on: {source.where()}; "
+            f"{source.help()}")
     parsed = urlparse(url)
     host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        socket.create_connection((host, port), timeout=5).close()
+        _connect_within(host, port, NETWORK_TIMEOUT_S)
     except OSError as exc:
         raise WeightsUnavailableError(
-            f"weights for {spec.describe()} are not in the local cache and {host} cannot be reached "
-            f"({exc}); {OFFLINE_HELP}") from None
+            f"weights for {source.spec.describe()} are missing and {host} cannot be reached ({exc}): "
+            f"{source.where()}; {source.help()}") from None
+
+
+def _connect_within(host: str, port: int, timeout: float) -> None:
+    """Open and close a TCP connection to ``host`` within ``timeout`` seconds, DNS look-up included.
+
+    ``socket.create_connection``'s timeout does not cover ``getaddrinfo``, which
+    can hang for half a minute on a machine whose resolver is unreachable; the
+    look-up runs in a daemon thread that is abandoned at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    answer: dict[str, Any] = {}
+
+    def look_up() -> None:
+        try:
+            answer["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            answer["error"] = exc
+
+    worker = threading.Thread(target=look_up, name="pinid-dns", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise OSError(f"no DNS answer for {host} within {timeout:g} s")
+    if "error" in answer:
+        raise answer["error"]
+    last: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in answer["addresses"]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OSError(f"no connection to {host} within {timeout:g} s")
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(left)
+                sock.connect(address)
+            return
+        except OSError as exc:
+            last = exc
+    raise last
 
 
 def _env_flag(name: str) -> bool:
@@ -221,6 +342,13 @@ def create_clip(spec: EncoderSpec, resolved: ResolvedWeights, device: str) -> tu
         raise WeightsUnavailableError(f"cannot load {spec.describe()} from {resolved.checkpoint}: "
                                       f"{first_line}") from exc
     return clip, preprocess
+
+
+def uses_quick_gelu(module: Any) -> bool:
+    """Whether ``module`` computes with QuickGELU (OpenAI-trained weights), which no tensor records."""
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(part, QuickGELU) for part in module.modules())
 
 
 def jsonable(value: Any) -> Any:
@@ -243,7 +371,9 @@ def save_local_dir(out_dir: str | os.PathLike, model: str = DEFAULT_MODEL, pretr
         encoder_spec = EncoderSpec(model, pretrained)
         resolved = resolve_weights(encoder_spec)
         clip, _ = create_clip(encoder_spec, resolved, "cpu")
-        model_cfg = model_cfg or open_clip.get_model_config(resolved.open_clip_name)
+        model_cfg = dict(model_cfg or open_clip.get_model_config(resolved.open_clip_name))
+        if uses_quick_gelu(clip):  # a tag's setting, not in the architecture's config: keep the activation
+            model_cfg["quick_gelu"] = True
         preprocess_cfg = jsonable(dict(open_clip.get_model_preprocess_cfg(clip)))
     else:
         model_cfg = model_cfg or open_clip.get_model_config(model)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from .._atomic import write_file_atomically
 from ..catalogue import Catalogue
-from ..encoder.clip import Encoder
+from ..encoder.clip import Encoder, check_text_query
 from ..encoder.weights import EncoderSpec
 from ..errors import (EncoderMismatchError, ImageError, IndexFormatError, InputError, LocalOnlyError,
                       WeightsUnavailableError)
@@ -254,6 +254,27 @@ class PinIndex:
         """Top-``k`` pins per CLIP query vector, each pin at its best reference image (``similarity``)."""
         _check_positive(k=k)
         return search_pins(self._require_searcher(), self._table, vectors, k)
+
+    def search_text(self, query: str, k: int = 5) -> list[Match]:
+        """Top-``k`` pins for a description ("gold fox with a red rim"), by CLIP text-image similarity.
+
+        ``Match.similarity`` is the cosine of the text's embedding with the pin's
+        best reference image; it equals ``search(encoder.encode_texts([query]), k)[0]``.
+        The encoder's text tower is loaded on the first text search.
+
+        Raises:
+            InputError: ``k`` below 1, an empty query, or an index loaded with ``encoder=None``.
+            LocalOnlyError: the index has local features only (no CLIP vectors).
+        """
+        _check_positive(k=k)
+        if self._searcher is None:
+            raise LocalOnlyError(f"index {self.path} has local features only (--encoder local): text search "
+                                 "needs CLIP vectors; build the index without --encoder local")
+        check_text_query(query)
+        if self.encoder is None:
+            raise InputError("this index was loaded without an encoder (encoder=None); for text search load it "
+                             "with PinIndex.load(path), which loads the encoder it was built with")
+        return self.search(self.encoder.encode_texts([query]), k)[0]
 
     def _clip_candidates(self, photos: list[Image.Image], candidates: int) -> list[list[tuple[int, float]]]:
         """(image id, cosine) of the CLIP top list per decoded photo; empty lists without an encoder."""

@@ -131,6 +131,7 @@ def test_unreachable_hub_fails_fast_when_online(tmp_path: Path, monkeypatch: pyt
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)  # the reachability check resolves the host itself
     with pytest.raises(WeightsUnavailableError, match="cannot be reached"):
         Encoder.load(cache_dir=str(tmp_path), offline=False)
     with pytest.raises(WeightsUnavailableError, match="cannot be reached"):
