@@ -491,13 +491,17 @@ def _print_table(result: Any) -> None:
             click.echo(f"  {plain(best.name)} ({plain(best.pin_id)}), confidence {percent(result.confidence)}")
     width = max([len(plain(m.pin_id)) for m in result.matches] + [6])
     verified = result.confidence is not None
-    click.echo(f"  {'rank':>4}  {'pin id':<{width}}  {'score':>6}  " + ("inliers  colour  " if verified else "")
-               + "name")
+    # the CLIP cosine beside the geometry and colour, where the index has CLIP ("-": not in CLIP's top list)
+    clip = verified and any(m.similarity is not None for m in result.matches)
+    click.echo(f"  {'rank':>4}  {'pin id':<{width}}  {'score':>6}  " + ("cosine  " if clip else "")
+               + ("inliers  colour  " if verified else "") + "name")
     for match in result.matches:
         extra = ""
+        if clip:
+            extra += "     -  " if match.similarity is None else f"{match.similarity:6.3f}  "
         if verified:
             colour = "-" if match.colour_distance is None else f"{match.colour_distance:.1f}"
-            extra = f"{match.inliers:>7}  {colour:>6}  "
+            extra += f"{match.inliers:>7}  {colour:>6}  "
         click.echo(f"  {match.rank:>4}  {plain(match.pin_id):<{width}}  {match.score:6.3f}  {extra}{plain(match.name)}")
 
 

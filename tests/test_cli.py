@@ -32,12 +32,15 @@ def test_identify_exact_image_table_and_json(index_dir: Path, tmp_path: Path, ca
     lines = out.splitlines()
     assert lines[0] == str(photo) and "Pin number 3 (pin-003), confidence" in lines[1] and "rank" in lines[2]
     assert lines[3].split()[:2] == ["1", "pin-003"] and "Pin number 3" in lines[3]
+    assert lines[2].split()[:6] == ["rank", "pin", "id", "score", "cosine", "inliers"]  # CLIP's evidence shown
+    assert float(lines[3].split()[3]) > 0.99  # the exact catalogue image: cosine 1
     code, out, _ = run(capsys, "identify", photo, "-i", index_dir, "--json")
     result = json.loads(out)[0]
     assert code == 0 and result["error"] is None and len(result["matches"]) == 5
     assert result["confidence"] > 0.5 and result["unknown"] is False
     best = result["matches"][0]
     assert best["pin_id"] == "pin-003" and best["inliers"] >= 8 and best["metadata"] == {"series": "test"}
+    assert best["similarity"] > 0.99 and best["probability"] == best["score"]
     assert len(best["polygon"]) == 4
     code, out, _ = run(capsys, "identify", photo, "-i", index_dir, "--json", "--no-verify")
     best = json.loads(out)[0]["matches"][0]
