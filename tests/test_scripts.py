@@ -123,8 +123,14 @@ def test_probe_local_features(bench: Path) -> None:
     assert "| SIFT 512 px |" in out and "| + 4 simulated tilts (ASIFT-lite) |" in out
 
 
+def test_bench_reference_size() -> None:
+    out = run_script("bench_reference_size.py", "--side", 300).stdout
+    assert "| pinid | reference side (px) | build seconds | peak RSS (MB) |" in out and "| 300 |" in out
+
+
 SMOKE_TESTS: dict[str, Callable[..., None]] = {
     "bench_core.py": test_bench_core, "bench_dedup.py": test_bench_dedup, "bench_verify.py": test_bench_verify,
+    "bench_reference_size.py": test_bench_reference_size,
     "eval_dedup.py": test_eval_dedup, "fit_calibration.py": test_fit_calibration,
     "fit_descriptor_pca.py": test_fit_descriptor_pca, "make_benchmark.py": test_make_benchmark,
     "make_examples.py": test_make_examples, "probe_local_features.py": test_probe_local_features,
