@@ -9,6 +9,7 @@ index stays as it was.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -258,7 +259,7 @@ def info(index_dir: Path, as_json: bool) -> None:
               help="score a seeded random sample of this many queries (and boards)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed for --sample")
 @click.option("--no-verify", is_flag=True, help="score CLIP similarity alone (no open-set threshold unless given)")
-@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), default=None,
+@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), default=None, callback=lambda c, p, v: _finite(v),
               help="open-set threshold: answers scoring under it count as 'unknown pin' [default: the index's "
                    "calibrated confidence threshold; with --no-verify none (scores are cosines), so only this "
                    "option gives one]")
@@ -327,7 +328,7 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
               help="write the rows here (CSV, or JSON with --json) [default: print them]")
 @click.option("--mode", type=click.Choice(["photo", "pin"]), default="photo", show_default=True,
               help="photo: re-uploads of one picture; pin: any listings of the same pin")
-@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), default=None,
+@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), default=None, callback=lambda c, p, v: _finite(v),
               help="minimum cosine that relates two listings [default: 0.97 photo, 0.90 pin; "
                    "1 = photo hash only]")
 @click.option("--phash-distance", type=click.IntRange(0, 64), default=12, show_default=True,
@@ -430,10 +431,10 @@ def export_model(model: str, pretrained: str | None, output: Path) -> None:
     index built with MODEL accepts it as the same encoder.
     """
     from .encoder import save_local_dir
+    from .encoder.weights import check_export_folder
     from .errors import InputError
 
-    if output.exists() and not output.is_dir():  # before the weights are loaded: a bad -o costs nothing
-        raise InputError(f"-o {output} is a file, not a folder")
+    check_export_folder(output)  # before the weights are loaded: a bad -o costs nothing
     try:
         folder = save_local_dir(output, model, pretrained)
     except OSError as exc:
@@ -503,6 +504,13 @@ def _print_table(result: Any) -> None:
             colour = "-" if match.colour_distance is None else f"{match.colour_distance:.1f}"
             extra += f"{match.inliers:>7}  {colour:>6}  "
         click.echo(f"  {match.rank:>4}  {plain(match.pin_id):<{width}}  {match.score:6.3f}  {extra}{plain(match.name)}")
+
+
+def _finite(value: float | None) -> float | None:
+    """click's FloatRange lets NaN through (every comparison with NaN is false)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number in the range")
+    return value
 
 
 def _describe_preprocess(preprocess: dict[str, Any]) -> str:

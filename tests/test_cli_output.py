@@ -57,3 +57,11 @@ def test_k_below_one_is_a_usage_error(odd_catalogue: Path, tmp_path: Path, k: st
     code, _, err = run(capsys, "identify", str(odd_catalogue / "pin-0" / "a.png"), "-i", str(tmp_path / "idx"),
                        "-k", k)
     assert code == 2 and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["eval", "dedup"])
+def test_threshold_nan_is_a_usage_error(command: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["eval", "-i", str(tmp_path), "--queries", str(tmp_path / "q.csv")] if command == "eval" else \
+        ["dedup", str(tmp_path)]
+    code, _, err = run(capsys, *args, "--threshold", "nan")
+    assert code == 2 and "is not a number" in err and err.count("\n") == 1

@@ -10,7 +10,7 @@ same file, same photo (photo hash of the matched reference image), same pin
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +25,7 @@ from ..results import Match
 from .group import DedupOptions
 from .listings import Listing
 from .photo_match import PhotoConfirmer
-from .rows import ResultRow
+from .rows import ResultRow, RowsReport
 
 AGAINST_FIELDS = ["listing_id", "image", "status", "reason", "match_pin_id", "match_image", "score",
                   "phash_distance", "error"]
@@ -47,12 +47,8 @@ class AgainstRow(ResultRow):
 
 
 @dataclass
-class AgainstReport:
+class AgainstReport(RowsReport):
     rows: list[AgainstRow]
-    encoded: int
-    cached: int
-    seconds: float = 0.0
-    stats: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         s = self.stats

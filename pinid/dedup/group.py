@@ -20,7 +20,7 @@ Related, for a listing and a representative:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -31,7 +31,7 @@ from ..phash import photo_distance
 from .graph import cosine, guarded_groups, hash_pairs, knn_pairs
 from .listings import Listing
 from .photo_match import PhotoConfirmer
-from .rows import ResultRow
+from .rows import ResultRow, RowsReport
 
 Mode = Literal["photo", "pin"]
 #: Default minimum cosines meant for the default encoder (ViT-B-32-256 / datacomp). They
@@ -110,12 +110,8 @@ class GroupRow(ResultRow):
 
 
 @dataclass
-class DedupReport:
+class DedupReport(RowsReport):
     rows: list[GroupRow]
-    encoded: int
-    cached: int
-    seconds: float = 0.0
-    stats: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         s = self.stats

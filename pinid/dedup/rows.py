@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +32,17 @@ class ResultRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "score": None if self.score is None else round(self.score, 6)}
+
+
+@dataclass
+class RowsReport:
+    """What a dedup job returns: one row per listing, how much was encoded or cached, and counts."""
+
+    rows: list[Any]
+    encoded: int
+    cached: int
+    seconds: float = 0.0
+    stats: dict[str, int] = field(default_factory=dict)
 
 
 ROW_FIELDS = ["listing_id", "image", "group_id", "group_size", "representative", "score", "phash_distance",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
 
-from .._atomic import new_file_mode
+from .._atomic import new_file_mode, replace_directory_atomically
 from ..errors import InputError, WeightsUnavailableError
 
 DEFAULT_MODEL = "ViT-B-32-256"
@@ -385,11 +385,39 @@ def save_local_dir(out_dir: str | os.PathLike, model: str = DEFAULT_MODEL, pretr
         from open_clip.transform import PreprocessCfg
 
         preprocess_cfg = jsonable(asdict(PreprocessCfg(size=model_cfg["vision_cfg"]["image_size"])))
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
-                                                 indent=2))
+    folder = check_export_folder(out_dir)
     state = {k: v.contiguous() for k, v in clip.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
-    os.chmod(folder / WEIGHTS_FILE, new_file_mode(folder))  # safetensors creates it 0600, whatever the umask
+
+    def write(staging: Path) -> None:
+        (staging / CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
+                                                      indent=2))
+        save_file(state, str(staging / WEIGHTS_FILE))
+        os.chmod(staging / WEIGHTS_FILE, new_file_mode(staging))  # safetensors creates it 0600, whatever the umask
+
+    # written beside and swapped in: a reader never sees half a checkpoint, a failure leaves the old one
+    replace_directory_atomically(folder, write, is_replaceable=_is_export_folder)
     return folder
+
+
+def check_export_folder(out_dir: str | os.PathLike) -> Path:
+    """The folder an export may write: new, empty, or an earlier export (its two files and nothing else).
+
+    Checked before any weights are loaded, so a mistaken ``-o`` costs nothing
+    and never touches a folder of someone else's files.
+    """
+    text = str(out_dir)
+    if not text.strip():
+        raise InputError("the export folder name is empty")
+    folder = Path(out_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"-o {folder} is a file, not a folder")
+    if folder.is_dir() and not _is_export_folder(folder):
+        raise InputError(f"-o {folder} holds other files; export into a new or empty folder")
+    return folder
+
+
+def _is_export_folder(folder: Path) -> bool:
+    try:
+        return {entry.name for entry in folder.iterdir()} <= {CONFIG_FILE, WEIGHTS_FILE}
+    except OSError:
+        return False

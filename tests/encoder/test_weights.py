@@ -252,6 +252,24 @@ def test_export_to_a_file_is_an_input_error(tiny_model_dir: Path, tmp_path: Path
     assert (tmp_path / "a-file").read_text() == "mine"
 
 
+def test_export_never_writes_into_a_folder_of_other_files_and_replaces_its_own(
+        tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"precious")
+    code, _, err = run(capsys, "export-model", f"local-dir:{tiny_model_dir}", "-o", photos)
+    assert code == 2 and "holds other files" in err and err.count("\n") == 1
+    assert sorted(p.name for p in photos.iterdir()) == ["holiday.jpg"]
+    code, _, err = run(capsys, "export-model", f"local-dir:{tiny_model_dir}", "-o", "")
+    assert code == 2 and err.count("\n") == 1
+    target = tmp_path / "exported"
+    for _ in range(2):  # a second export replaces the first, whole
+        code, _, err = run(capsys, "export-model", f"local-dir:{tiny_model_dir}", "-o", target)
+        assert code == 0, err
+    assert sorted(p.name for p in target.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exported.tmp")]
+
+
 # ----------------------------------------------------------------- missing weights: one clear line
 def test_offline_error_names_model_tag_repo_cache_folder_and_the_export_command(
         tiny_hub: TinyHub, make_catalogue, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
