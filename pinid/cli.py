@@ -243,9 +243,47 @@ def info(index_dir: Path, as_json: bool) -> None:
     lines += [f"local:      {local['descriptors']} descriptors ({local['kind']}, at most {local['max_per_image']} "
               "per image)",
               f"confidence: unknown pin under {summary['calibration']['unknown_below']:.2f}; calibration "
-              f"{summary['calibration']['fitted_on']}",
-              f"catalogue:  {plain(summary['catalogue']['source'])}"]
+              f"{plain(summary['calibration']['fitted_on'])}"]
+    tested = summary["calibration"].get("self_test")
+    if isinstance(tested, dict):
+        lines.append(f"self-test:  {_describe_self_test(tested)} (on the photos it was fitted on)")
+    lines.append(f"catalogue:  {plain(summary['catalogue']['source'])}")
     click.echo("\n".join(lines))
+
+
+def _describe_self_test(figures: dict[str, Any]) -> str:
+    """``recall@1 0.92, AUROC 0.88`` from a calibration's self-test figures ("n/a" where one is missing)."""
+    def shown(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+    return f"recall@1 {shown(figures.get('recall_at_1'))}, AUROC {shown(figures.get('auroc'))}"
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--photos", "photos", required=True, type=click.Path(path_type=Path), metavar="LABELLED.csv",
+              help="labelled photos, CSV/JSONL with columns image,pin_id (images relative to the file; "
+                   "an empty pin_id is a pin not in the catalogue)")
+@_device_option
+@_offline_option
+@_threads_option
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def calibrate(index_dir: Path, photos: Path, device: str, offline: bool | None, threads: int | None,
+              quiet: bool) -> None:
+    """Refit INDEX's ranking and confidence on your own labelled photos; written into its manifest."""
+    from .evaluation.calibrate import calibrate as fit_on_photos
+    from .index import PinIndex
+
+    _set_threads(threads)
+    index = PinIndex.load(index_dir, device=device, offline=offline)
+    with _stages(quiet) as on_progress:
+        report = fit_on_photos(index, photos, on_progress=on_progress)
+    for where, why in report.skipped[:20]:
+        click.echo(f"  skipped {plain(where)}: {plain(why)}", err=True)
+    if len(report.skipped) > 20:
+        click.echo(f"  ... and {len(report.skipped) - 20} more skipped", err=True)
+    click.echo(f"Calibrated {index_dir}: {report.used} photos used, {len(report.skipped)} skipped; self-test "
+               f"{_describe_self_test(report.calibration.self_test or {})}")
 
 
 @cli.command("eval")

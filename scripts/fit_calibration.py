@@ -19,9 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from pinid.identify.confidence import Calibration, fit_logistic, ranking_features
+from pinid.identify.confidence import LabelledPhoto, fit_calibration
 from pinid.evaluation.queries import read_queries, sample_queries
 from pinid.index import PinIndex
 
@@ -42,40 +40,18 @@ def main() -> None:
     every = read_queries(args.bench / "queries.csv")
     held_out = {q.query_id for q in sample_queries(every, args.holdout, seed=args.holdout_seed)}
     queries = sample_queries([q for q in every if q.query_id not in held_out], args.queries, seed=args.seed)
-    rows, labels, per_query = [], [], []
+    samples = []
     for number, query in enumerate(queries, 1):
         ranked, _ = index.verified_candidates(query.image)
-        aligned = [c for c in ranked if c.aligned]
-        features = ranking_features([c.verification.distinct_inliers for c in aligned],
-                                    [c.verification.inlier_ratio for c in aligned],
-                                    [c.verification.colour_distance for c in aligned],
-                                    [0.0 if np.isnan(c.clip_score) else c.clip_score for c in aligned],
-                                    [True] * len(aligned))
-        truth = [index.pin_of(c) == query.pin_id for c in aligned]
-        rows.append(features)
-        labels += truth
-        per_query.append((features, np.array(truth, bool), [c.design for c in aligned]))
+        samples.append(LabelledPhoto(ranked, [index.pin_of(c) == query.pin_id for c in ranked]))
         if number % 50 == 0:
             print(f"{number}/{len(queries)} photos", file=sys.stderr, flush=True)
-    ranking = fit_logistic(np.concatenate(rows), np.array(labels))
-    draft = Calibration(tuple(ranking), (0.0, 1.0, 0.0), 0.5, "")
-    top_scores, leads, correct = [], [], []
-    for features, truth, designs in per_query:
-        if not len(features):
-            continue
-        scores = draft.rank_score(features)
-        order = np.argsort(-scores, kind="stable")
-        best = order[0]
-        rival = next((scores[i] for i in order[1:] if designs[i] != designs[best]), ranking[0])
-        top_scores.append(scores[best])
-        leads.append(scores[best] - rival)
-        correct.append(bool(truth[best]))
-    confidence = fit_logistic(np.column_stack([top_scores, leads]), np.array(correct))
+    truth = [t for sample in samples for c, t in zip(sample.candidates, sample.truth) if c.aligned]
     fitted_on = (f"{len(queries)} photos (seed {args.seed}, outside eval sample {args.holdout}/seed "
                  f"{args.holdout_seed}) of {args.bench.name}, index {args.index.name} "
                  f"({index.manifest.encoder['model'] if index.manifest.encoder else 'local features only'}); "
-                 f"{int(np.sum(labels))} true of {len(labels)} aligned candidates")
-    calibration = Calibration(tuple(float(v) for v in ranking), tuple(float(v) for v in confidence), 0.5, fitted_on)
+                 f"{sum(truth)} true of {len(truth)} aligned candidates")
+    calibration = fit_calibration(samples, fitted_on=fitted_on)
     args.output.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n", encoding="utf-8")
     if args.apply:
         index.replace_calibration(calibration)
@@ -83,4 +59,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pinid.errors import PinidError
+
+    try:
+        main()
+    except PinidError as exc:  # too few photos to fit, unreadable index: one line, like the CLI
+        sys.exit(f"fit_calibration: error: {exc}")

@@ -98,9 +98,9 @@ def test_fit_calibration(bench_index: Path, bench: Path, tmp_path: Path) -> None
 
     written = tmp_path / "calibration.json"
     before = (bench_index / "manifest.json").read_bytes()
-    out = run_script("fit_calibration.py", bench_index, bench, "--queries", 6, "--holdout", 2, "-o", written).stdout
+    out = run_script("fit_calibration.py", bench_index, bench, "--queries", 10, "--holdout", 2, "-o", written).stdout
     fitted = Calibration.from_dict(json.loads(written.read_text()))
-    assert json.loads(out)["fitted_on"] == fitted.fitted_on and "6 photos" in fitted.fitted_on
+    assert json.loads(out)["fitted_on"] == fitted.fitted_on and "10 photos" in fitted.fitted_on
     assert (bench_index / "manifest.json").read_bytes() == before  # without --apply the index is untouched
 
 

@@ -1,6 +1,7 @@
 """One calibrated confidence per answer, and the line under which the answer is "unknown pin".
 
-Two small logistic models, fitted on benchmark data (``scripts/fit_calibration.py``):
+Two small logistic models, fitted on labelled photos (:func:`fit_calibration`; the shipped
+coefficients by ``scripts/fit_calibration.py`` on the benchmark, an index's own by ``pinid calibrate``):
 
 * **ranking** scores each verified candidate from its geometry and colour
   (distinct inliers, inlier ratio, colour distance, CLIP similarity);
@@ -24,13 +25,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import IndexFormatError
+from ..errors import IndexFormatError, InputError
 
 CALIBRATION_VERSION = 1
 RANKING_FEATURES = ("log_distinct_inliers", "inlier_ratio", "colour_distance", "clip_score")
 CONFIDENCE_FEATURES = ("top_score", "lead")
 _COLOUR_CAP = 60.0  # Lab units; unaligned candidates count as this far off
 _UNALIGNED = -12.0  # ranking score of a candidate without a homography
+MIN_EACH_CLASS = 5  # aligned candidates needed of true and of false pins to fit the ranking
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,16 @@ class Calibration:
     confidence: tuple[float, ...]  # bias, then one weight per CONFIDENCE_FEATURES
     unknown_below: float
     fitted_on: str
+    self_test: dict[str, Any] | None = None  # figures on the photos it was fitted on (``pinid calibrate``)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": CALIBRATION_VERSION, "ranking_features": list(RANKING_FEATURES),
+        data = {"version": CALIBRATION_VERSION, "ranking_features": list(RANKING_FEATURES),
                 "ranking": list(self.ranking), "confidence_features": list(CONFIDENCE_FEATURES),
                 "confidence": list(self.confidence), "unknown_below": self.unknown_below,
                 "fitted_on": self.fitted_on}
+        if self.self_test is not None:
+            data["self_test"] = dict(self.self_test)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Calibration":
@@ -61,7 +67,10 @@ class Calibration:
             unknown_below = float(data["unknown_below"] if "unknown_below" in data else data["threshold"])
             if not all(math.isfinite(v) for v in ranking + confidence) or not 0.0 <= unknown_below <= 1.0:
                 raise ValueError("coefficients must be finite and unknown_below a probability")
-            return cls(ranking, confidence, unknown_below, str(data.get("fitted_on", "")))
+            self_test = data.get("self_test")  # absent in manifests written before pinid calibrate
+            if self_test is not None and not isinstance(self_test, dict):
+                raise ValueError("self_test is not a JSON object")
+            return cls(ranking, confidence, unknown_below, str(data.get("fitted_on", "")), self_test)
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"calibration is not usable ({exc})") from None
 
@@ -122,3 +131,76 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2, ite
         if np.abs(step).max() < 1e-8:
             break
     return w
+
+
+@dataclass(frozen=True)
+class LabelledPhoto:
+    """One labelled photo's verified candidates and, for each, whether it shows the true pin.
+
+    ``candidates`` are ``pinid.identify.recogniser.Candidate`` objects as
+    ``PinIndex.verified_candidates`` returns them; ``truth`` is all false for a
+    photo of a pin that is not in the catalogue (or whose pin was not found).
+    """
+
+    candidates: Sequence[Any]
+    truth: Sequence[bool]
+
+    def __post_init__(self) -> None:
+        if len(self.candidates) != len(self.truth):
+            raise InputError(f"a labelled photo has {len(self.candidates)} candidates but {len(self.truth)} labels")
+
+
+def candidate_features(candidates: Sequence[Any]) -> np.ndarray:
+    """``ranking_features`` of verified candidates (rows of unaligned ones start with NaN)."""
+    return ranking_features([c.verification.distinct_inliers for c in candidates],
+                            [c.verification.inlier_ratio for c in candidates],
+                            [c.verification.colour_distance for c in candidates],
+                            [0.0 if np.isnan(c.clip_score) else c.clip_score for c in candidates],
+                            [c.aligned for c in candidates])
+
+
+def fit_calibration(samples: Sequence[LabelledPhoto], *, fitted_on: str, unknown_below: float = 0.5
+                    ) -> Calibration:
+    """Fit the ranking and confidence models on labelled photos: the one fit pinid has.
+
+    The ranking is fitted on every aligned candidate (true pin or not); the
+    confidence on each photo with an aligned candidate, from the best one's
+    score and its lead over the best aligned rival of another design (as
+    ``Recogniser.confidence`` answers), labelled by whether that best one is right.
+
+    Raises:
+        InputError: fewer than ``MIN_EACH_CLASS`` aligned candidates of true or of false pins, or
+            best candidates that are all right or all wrong (nothing to learn a confidence from).
+    """
+    aligned = []
+    for sample in samples:
+        keep = [i for i, c in enumerate(sample.candidates) if c.aligned]
+        aligned.append((candidate_features([sample.candidates[i] for i in keep]),
+                        np.array([bool(sample.truth[i]) for i in keep], bool),
+                        [sample.candidates[i].design for i in keep]))
+    labels = np.concatenate([truth for _, truth, _ in aligned]) if aligned else np.zeros(0, bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives < MIN_EACH_CLASS or negatives < MIN_EACH_CLASS:
+        raise InputError(f"too little to calibrate on: {len(samples)} photos gave {positives} aligned candidates "
+                         f"of the true pin and {negatives} of other pins; at least {MIN_EACH_CLASS} of each "
+                         "are needed (label more photos, including some of pins not in the catalogue)")
+    ranking = fit_logistic(np.concatenate([features for features, _, _ in aligned]), labels)
+    draft = Calibration(tuple(float(v) for v in ranking), (0.0, 1.0, 0.0), unknown_below, "")
+    top_scores, leads, correct = [], [], []
+    for features, truth, designs in aligned:
+        if not len(features):
+            continue
+        scores = draft.rank_score(features)
+        order = np.argsort(-scores, kind="stable")
+        best = order[0]
+        rival = next((scores[i] for i in order[1:] if designs[i] != designs[best]), ranking[0])
+        top_scores.append(scores[best])
+        leads.append(scores[best] - rival)
+        correct.append(bool(truth[best]))
+    if len(set(correct)) < 2:
+        raise InputError(f"too little to calibrate on: the best candidate of every one of {len(correct)} aligned "
+                         f"photos is {'right' if all(correct) else 'wrong'}, so there is nothing to learn a "
+                         "confidence from (add photos of pins not in the catalogue, or harder photos)")
+    confidence = fit_logistic(np.column_stack([top_scores, leads]), np.array(correct))
+    return Calibration(tuple(float(v) for v in ranking), tuple(float(v) for v in confidence), unknown_below,
+                       fitted_on)
