@@ -8,8 +8,9 @@ INDEX must be built from BENCH_DIR's catalogue. Queries are a seeded random
 sample of BENCH_DIR/queries.csv (known and unknown alike), drawn from the
 queries *outside* the held-out evaluation sample (``pinid eval --sample
 HOLDOUT --seed HOLDOUT_SEED``), so that evaluation never sees a fitted photo.
-The clip_score weight can only be learned from an index with real CLIP
-weights; with a local-only index it stays 0.
+CLIP's weights (cosine and margin) can only be learned from an index whose
+encoder is informative; with a local-only index they stay 0. An index's own
+calibration (``pinid calibrate``) is fitted the same way.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ def main() -> None:
         samples.append(LabelledPhoto(ranked, [index.pin_of(c) == query.pin_id for c in ranked]))
         if number % 50 == 0:
             print(f"{number}/{len(queries)} photos", file=sys.stderr, flush=True)
-    truth = [t for sample in samples for c, t in zip(sample.candidates, sample.truth) if c.aligned]
+    truth = [t for sample in samples for t in sample.truth]
     fitted_on = (f"{len(queries)} photos (seed {args.seed}, outside eval sample {args.holdout}/seed "
                  f"{args.holdout_seed}) of {args.bench.name}, index {args.index.name} "
                  f"({index.manifest.encoder['model'] if index.manifest.encoder else 'local features only'}); "
-                 f"{sum(truth)} true of {len(truth)} aligned candidates")
+                 f"{sum(truth)} true of {len(truth)} candidates")
     calibration = fit_calibration(samples, fitted_on=fitted_on)
     args.output.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n", encoding="utf-8")
     if args.apply:

@@ -1,18 +1,25 @@
 """One calibrated confidence per answer, and the line under which the answer is "unknown pin".
 
 Two small logistic models, fitted on labelled photos (:func:`fit_calibration`; the shipped
-coefficients by ``scripts/fit_calibration.py`` on the benchmark, an index's own by ``pinid calibrate``):
+coefficients by ``scripts/fit_calibration.py`` on the benchmark, an index's own by ``pinid calibrate``,
+on simulated photos of its catalogue or on your labelled ones):
 
-* **ranking** scores each verified candidate from its geometry and colour
-  (distinct inliers, inlier ratio, colour distance, CLIP similarity);
+* **ranking** scores every verified candidate from all the evidence there is:
+  whether it aligned, and if so its geometry and colour (distinct inliers,
+  inlier ratio, colour distance); CLIP's cosine and its margin over the best
+  candidate of another design; and the candidate's share of the local-feature
+  vote. An unaligned candidate is therefore ranked by its CLIP and vote
+  evidence, and a CLIP answer with a clear margin can win without alignment,
+  as far as the fitted weights say CLIP is worth it on this index;
 * **confidence** turns the best candidate's ranking score and its lead over
   the runner-up *of another design* into the probability that the answer is
   right. A colourway sibling does not count as a rival for the lead: it shares
   every keypoint, and the colour term in the ranking already separates them.
 
-The fitted coefficients ship with the package (``calibration.json``) and are
-copied into each index's manifest at build time, so an index keeps answering
-the same way after pinid is upgraded. JSON only, no pickle.
+The fitted coefficients ship with the package (``calibration.json``, the
+fallback for catalogues too small to calibrate on) and are copied into each
+index's manifest at build time, so an index keeps answering the same way after
+pinid is upgraded. JSON only, no pickle.
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ import numpy as np
 
 from ..errors import IndexFormatError, InputError
 
-CALIBRATION_VERSION = 1
-RANKING_FEATURES = ("log_distinct_inliers", "inlier_ratio", "colour_distance", "clip_score")
+CALIBRATION_VERSION = 2
+RANKING_FEATURES = ("aligned", "log_distinct_inliers", "inlier_ratio", "colour_distance", "clip_cosine",
+                    "clip_margin", "vote_share")
 CONFIDENCE_FEATURES = ("top_score", "lead")
-_COLOUR_CAP = 60.0  # Lab units; unaligned candidates count as this far off
-_UNALIGNED = -12.0  # ranking score of a candidate without a homography
-MIN_EACH_CLASS = 5  # aligned candidates needed of true and of false pins to fit the ranking
+_COLOUR_CAP = 60.0  # Lab units: a colour this far off says no more than any farther one
+MIN_EACH_CLASS = 5  # candidates needed of true and of false pins to fit the ranking
+_V1_FEATURES = ("log_distinct_inliers", "inlier_ratio", "colour_distance", "clip_score")
+_V1_UNALIGNED = -12.0  # version 1 gave every unaligned candidate this score
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,9 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Calibration":
         try:
-            if data["version"] != CALIBRATION_VERSION:
+            if data["version"] == 1:  # indexes built before evidence fusion keep answering as they did
+                data = _from_version_1(data)
+            elif data["version"] != CALIBRATION_VERSION:
                 raise ValueError(f"version {data['version']}")
             ranking = tuple(float(v) for v in data["ranking"])
             confidence = tuple(float(v) for v in data["confidence"])
@@ -75,13 +86,45 @@ class Calibration:
             raise IndexFormatError(f"calibration is not usable ({exc})") from None
 
     def rank_score(self, features: np.ndarray) -> np.ndarray:
-        """Log-odds that each candidate (rows of ``ranking_features``) is the pin in the photo."""
-        weights = np.asarray(self.ranking[1:], np.float64)
-        scores = self.ranking[0] + features @ weights
-        return np.where(np.isnan(features[:, 0]), _UNALIGNED, scores)
+        """Log-odds that each candidate (rows of :func:`candidate_features`) is the pin in the photo."""
+        return self.ranking[0] + np.asarray(features, np.float64) @ np.asarray(self.ranking[1:], np.float64)
 
     def answer_confidence(self, top_score: float, lead: float) -> float:
         return sigmoid(self.confidence[0] + self.confidence[1] * top_score + self.confidence[2] * lead)
+
+    def best_and_lead(self, scores: Sequence[float], designs: Sequence[str], best: int | None = None
+                      ) -> tuple[float, float, int]:
+        """A candidate's score, its lead over the best candidate of another design, and its position.
+
+        ``best`` defaults to the highest score (ties: the first). Without a rival
+        the lead is over the bias: how a candidate with no evidence at all scores.
+        """
+        values = np.asarray(scores, np.float64)
+        if best is None:
+            best = int(np.argmax(values))
+        rivals = [float(v) for v, design in zip(values, designs) if design != designs[best]]
+        rival = max(rivals) if rivals else self.ranking[0]
+        return float(values[best]), float(values[best]) - rival, best
+
+    def weights(self) -> dict[str, float]:
+        """The ranking weight of each feature by name (what ``pinid info`` shows: is CLIP trusted here?)."""
+        return dict(zip(RANKING_FEATURES, self.ranking[1:]))
+
+
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 calibration in today's features, answering as it did.
+
+    Version 1 scored aligned candidates ``bias + weights . (log inliers, ratio,
+    colour, cosine)`` and every unaligned one a flat -12: here the flat score is
+    the bias and the old bias rides on the "aligned" feature (CLIP's weight, 0 in
+    every shipped version-1 calibration, now also applies to unaligned candidates).
+    """
+    old = [float(v) for v in data["ranking"]]
+    if list(data.get("ranking_features", _V1_FEATURES)) != list(_V1_FEATURES) or len(old) != 5:
+        raise ValueError("version 1 with unexpected ranking features")
+    bias, inliers, ratio, colour, clip = old
+    return {**data, "version": CALIBRATION_VERSION, "ranking_features": list(RANKING_FEATURES),
+            "ranking": [_V1_UNALIGNED, bias - _V1_UNALIGNED, inliers, ratio, colour, clip, 0.0, 0.0]}
 
 
 def sigmoid(log_odds: float) -> float:
@@ -96,17 +139,6 @@ def percent(confidence: float) -> str:
     if confidence < 0.005:
         return "<1%"
     return f"{confidence:.0%}"
-
-
-def ranking_features(distinct_inliers: Sequence[float], inlier_ratio: Sequence[float],
-                     colour_distance: Sequence[float], clip_score: Sequence[float], aligned: Sequence[bool]
-                     ) -> np.ndarray:
-    """The ranking model's inputs; rows of unaligned candidates start with NaN."""
-    colour = np.nan_to_num(np.asarray(colour_distance, np.float64), nan=_COLOUR_CAP)
-    features = np.stack([np.log1p(np.asarray(distinct_inliers, np.float64)), np.asarray(inlier_ratio, np.float64),
-                         np.minimum(colour, _COLOUR_CAP) / 10.0, np.asarray(clip_score, np.float64)], axis=1)
-    features[~np.asarray(aligned, bool), 0] = np.nan
-    return features.reshape(-1, len(RANKING_FEATURES))
 
 
 def default_calibration() -> Calibration:
@@ -151,54 +183,80 @@ class LabelledPhoto:
 
 
 def candidate_features(candidates: Sequence[Any]) -> np.ndarray:
-    """``ranking_features`` of verified candidates (rows of unaligned ones start with NaN)."""
-    return ranking_features([c.verification.distinct_inliers for c in candidates],
-                            [c.verification.inlier_ratio for c in candidates],
-                            [c.verification.colour_distance for c in candidates],
-                            [0.0 if np.isnan(c.clip_score) else c.clip_score for c in candidates],
-                            [c.aligned for c in candidates])
+    """The ranking model's inputs for one photo's verified candidates (one row each, RANKING_FEATURES).
+
+    Candidates are ``pinid.identify.recogniser.Candidate`` objects (or anything
+    with ``verification``, ``aligned``, ``clip_score``, ``votes`` and ``design``).
+    Geometry and colour count only where a candidate aligned. A candidate
+    outside the photo's CLIP top list gets the lowest cosine of the list (it
+    ranked below it); an index without CLIP gives cosine and margin 0. The
+    margin is a candidate's cosine minus the best cosine of another design, so
+    it is positive only for the CLIP leader and says by how much it leads.
+    """
+    count = len(candidates)
+    features = np.zeros((count, len(RANKING_FEATURES)), np.float64)
+    if not count:
+        return features
+    aligned = np.array([bool(c.aligned) for c in candidates])
+    inliers = np.array([float(c.verification.distinct_inliers) for c in candidates])
+    ratio = np.array([float(c.verification.inlier_ratio) for c in candidates])
+    colour = np.array([_COLOUR_CAP if c.verification.colour_distance is None
+                       else float(c.verification.colour_distance) for c in candidates])
+    colour = np.minimum(np.nan_to_num(colour, nan=_COLOUR_CAP), _COLOUR_CAP)
+    features[:, 0] = aligned
+    features[:, 1] = np.where(aligned, np.log1p(inliers), 0.0)
+    features[:, 2] = np.where(aligned, ratio, 0.0)
+    features[:, 3] = np.where(aligned, colour / 10.0, 0.0)
+    cosine = np.array([np.nan if c.clip_score is None else float(c.clip_score) for c in candidates])
+    listed = ~np.isnan(cosine)
+    if listed.any():
+        cosine = np.where(listed, cosine, cosine[listed].min())
+        designs = [c.design for c in candidates]
+        best: dict[str, float] = {}
+        for design, value in zip(designs, cosine):
+            best[design] = max(best.get(design, -np.inf), float(value))
+        ranked = sorted(best.items(), key=lambda item: -item[1])
+        for i, design in enumerate(designs):
+            rival = next((value for other, value in ranked if other != design), None)
+            features[i, 5] = 0.0 if rival is None else cosine[i] - rival
+        features[:, 4] = cosine
+    votes = np.array([float(getattr(c, "votes", 0.0) or 0.0) for c in candidates])
+    if votes.max() > 0:
+        features[:, 6] = votes / votes.max()
+    return features
 
 
 def fit_calibration(samples: Sequence[LabelledPhoto], *, fitted_on: str, unknown_below: float = 0.5
                     ) -> Calibration:
     """Fit the ranking and confidence models on labelled photos: the one fit pinid has.
 
-    The ranking is fitted on every aligned candidate (true pin or not); the
-    confidence on each photo with an aligned candidate, from the best one's
-    score and its lead over the best aligned rival of another design (as
+    The ranking is fitted on every verified candidate (true pin or not, aligned
+    or not); the confidence on each photo with a candidate, from the best one's
+    score and its lead over the best rival of another design (as
     ``Recogniser.confidence`` answers), labelled by whether that best one is right.
 
     Raises:
-        InputError: fewer than ``MIN_EACH_CLASS`` aligned candidates of true or of false pins, or
+        InputError: fewer than ``MIN_EACH_CLASS`` candidates of true or of false pins, or
             best candidates that are all right or all wrong (nothing to learn a confidence from).
     """
-    aligned = []
-    for sample in samples:
-        keep = [i for i, c in enumerate(sample.candidates) if c.aligned]
-        aligned.append((candidate_features([sample.candidates[i] for i in keep]),
-                        np.array([bool(sample.truth[i]) for i in keep], bool),
-                        [sample.candidates[i].design for i in keep]))
-    labels = np.concatenate([truth for _, truth, _ in aligned]) if aligned else np.zeros(0, bool)
+    photos = [(candidate_features(sample.candidates), np.array([bool(t) for t in sample.truth], bool),
+               [c.design for c in sample.candidates]) for sample in samples if len(sample.candidates)]
+    labels = np.concatenate([truth for _, truth, _ in photos]) if photos else np.zeros(0, bool)
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives < MIN_EACH_CLASS or negatives < MIN_EACH_CLASS:
-        raise InputError(f"too little to calibrate on: {len(samples)} photos gave {positives} aligned candidates "
+        raise InputError(f"too little to calibrate on: {len(samples)} photos gave {positives} candidates "
                          f"of the true pin and {negatives} of other pins; at least {MIN_EACH_CLASS} of each "
                          "are needed (label more photos, including some of pins not in the catalogue)")
-    ranking = fit_logistic(np.concatenate([features for features, _, _ in aligned]), labels)
+    ranking = fit_logistic(np.concatenate([features for features, _, _ in photos]), labels)
     draft = Calibration(tuple(float(v) for v in ranking), (0.0, 1.0, 0.0), unknown_below, "")
     top_scores, leads, correct = [], [], []
-    for features, truth, designs in aligned:
-        if not len(features):
-            continue
-        scores = draft.rank_score(features)
-        order = np.argsort(-scores, kind="stable")
-        best = order[0]
-        rival = next((scores[i] for i in order[1:] if designs[i] != designs[best]), ranking[0])
-        top_scores.append(scores[best])
-        leads.append(scores[best] - rival)
+    for features, truth, designs in photos:
+        top, lead, best = draft.best_and_lead(draft.rank_score(features), designs)
+        top_scores.append(top)
+        leads.append(lead)
         correct.append(bool(truth[best]))
     if len(set(correct)) < 2:
-        raise InputError(f"too little to calibrate on: the best candidate of every one of {len(correct)} aligned "
+        raise InputError(f"too little to calibrate on: the best candidate of every one of {len(correct)} "
                          f"photos is {'right' if all(correct) else 'wrong'}, so there is nothing to learn a "
                          "confidence from (add photos of pins not in the catalogue, or harder photos)")
     confidence = fit_logistic(np.column_stack([top_scores, leads]), np.array(correct))

@@ -8,7 +8,7 @@ time: a damaged row is an ``IndexFormatError`` there, not a traceback later.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -43,6 +43,12 @@ class PinTable:
 
     def pin_row_of(self, image_id: int) -> int:
         return int(self.pin_rows_of(np.asarray([image_id], np.int64))[0])
+
+    def image_ids_of(self, pin_ids: Iterable[str]) -> set[int]:
+        """The image ids of these pins (ids not in the table are ignored)."""
+        wanted = set(pin_ids)
+        rows = np.array([row for row, pin in self.pins.items() if pin.pin_id in wanted], np.int64)
+        return set(self.image_ids[np.isin(self.image_pin_rows, rows)].tolist()) if len(rows) else set()
 
     def images_of(self, pin_id: str) -> list[str]:
         """Recorded paths of a pin's reference images."""

@@ -16,7 +16,7 @@ manifest and hands back to its ``Recogniser``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 from PIL import Image
@@ -29,7 +29,7 @@ from ..local.store import LocalStore
 from ..local.verify import Verification, VerifyConfig, colour_distance, verify
 from ..local.vote import VoteConfig, vote
 from ..results import Found, Identification, Match
-from .confidence import Calibration, ranking_features, sigmoid
+from .confidence import Calibration, candidate_features, sigmoid
 from .pin_table import PinTable
 
 
@@ -117,47 +117,52 @@ class Recogniser:
             self.design_images.setdefault(self.designs[pin_row], []).append(image_id)
 
     def candidates(self, image: Image.Image, clip: Sequence[tuple[int, float]] = (), *,
-                   limit: int | None = None, board: bool = False) -> tuple[list[Candidate], float]:
+                   limit: int | None = None, board: bool = False, exclude: Collection[int] = ()
+                   ) -> tuple[list[Candidate], float]:
         """Verified candidates for a photo, best first, and the factor back to the photo's pixels.
 
         ``clip`` lists (image id, cosine) from the CLIP search, best first;
-        ``limit`` defaults to the config's candidate count for single pins or boards.
+        ``limit`` defaults to the config's candidate count for single pins or boards;
+        reference images in ``exclude`` are never candidates (as if not in the
+        index: how self-calibration leaves pins out without rebuilding).
         """
         import cv2
 
         config = self.config
         if limit is None:
             limit = config.candidates.max_board_candidates if board else config.candidates.max_candidates
+        excluded = frozenset(int(i) for i in exclude)
+        clip = [(int(image_id), float(cosine)) for image_id, cosine in clip if int(image_id) not in excluded]
         work, back = working_copy(image, config.features.board_long_side_px if board
                                   else config.features.query_long_side_px)
         features = query_features(work, board=board, config=config.features)
         voted_ids, vote_totals = vote(self.vocabulary, self.store.row_image, features.descriptors,
                                       features.keypoints, self.store.keypoints, config=config.vote)
-        votes = dict(zip(voted_ids.tolist(), vote_totals.tolist()))
+        votes = {image_id: total for image_id, total in zip(voted_ids.tolist(), vote_totals.tolist())
+                 if image_id not in excluded}
         clip_scores = dict(clip)
         order: list[int] = []
-        for pair in _interleave([image_id for image_id, _ in clip], voted_ids.tolist()):
-            if pair not in order and pair in self.store:
-                order.append(pair)
+        for image_id in _interleave([image_id for image_id, _ in clip], list(votes)):
+            if image_id not in order and image_id in self.store:
+                order.append(image_id)
             if len(order) == limit:
                 break
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
         checked = verify(features, lab, [(image_id, self.store.entry(image_id)) for image_id in order],
                          config=config.verify)
-        checked = self._with_colourways(checked, lab)
+        checked = self._with_colourways(checked, lab, excluded)
         order += [v.image_id for v in checked[len(order):]]
-        scores = self.calibration.rank_score(ranking_features(
-            [v.distinct_inliers for v in checked], [v.inlier_ratio for v in checked],
-            [v.colour_distance for v in checked], [clip_scores.get(v.image_id, 0.0) for v in checked],
-            [v.aligned for v in checked]))
-        result = [Candidate(v.image_id, self.image_pin_rows[v.image_id], self.designs[self.image_pin_rows[v.image_id]],
-                            clip_scores.get(v.image_id, float("nan")), votes.get(v.image_id, 0.0), v, float(s))
-                  for v, s in zip(checked, scores)]
+        found = [Candidate(v.image_id, self.image_pin_rows[v.image_id], self.designs[self.image_pin_rows[v.image_id]],
+                           clip_scores.get(v.image_id, float("nan")), votes.get(v.image_id, 0.0), v, 0.0)
+                 for v in checked]
+        scores = self.calibration.rank_score(candidate_features(found))
+        result = [replace(candidate, rank_score=float(score)) for candidate, score in zip(found, scores)]
         position = {image_id: i for i, image_id in enumerate(order)}
         result.sort(key=lambda c: (-c.rank_score, position[c.image_id]))
         return result, back
 
-    def _with_colourways(self, checked: list[Verification], lab: np.ndarray) -> list[Verification]:
+    def _with_colourways(self, checked: list[Verification], lab: np.ndarray, excluded: frozenset[int] = frozenset()
+                         ) -> list[Verification]:
         """Give every colourway of an aligned design the same alignment, and its own colour distance.
 
         Colourways of a design share their shape, but a recoloured pin can show
@@ -175,6 +180,8 @@ class Recogniser:
             design = self.designs[self.image_pin_rows[source.image_id]]
             source_box = self.store.entry(source.image_id).pin_box
             for sibling in self.design_images.get(design, ()):
+                if sibling in excluded:
+                    continue
                 current = by_image.get(sibling)
                 if current is not None and current.aligned:
                     continue
@@ -216,13 +223,15 @@ class Recogniser:
         return matches
 
     def confidence(self, ranked: Sequence[Candidate]) -> float:
-        """How sure the best candidate is: its score and its lead over the best rival of another design."""
-        if not ranked or not ranked[0].aligned:
+        """How sure the first candidate is: its score and its lead over the best rival of another design.
+
+        The evidence is whatever the ranking used: geometry and colour when the
+        best candidate aligned, CLIP's margin and the vote when it did not.
+        """
+        if not ranked:
             return 0.0
-        top = ranked[0]
-        rival = next((c.rank_score for c in ranked[1:] if c.design != top.design and c.aligned), None)
-        lead = top.rank_score - (rival if rival is not None else self.calibration.ranking[0])
-        return self.calibration.answer_confidence(top.rank_score, lead)
+        top, lead, _ = self.calibration.best_and_lead([c.rank_score for c in ranked], [c.design for c in ranked], 0)
+        return self.calibration.answer_confidence(top, lead)
 
     def find_all(self, image: Image.Image, *, limit: int | None = None, min_confidence: float | None = None
                  ) -> list[Found]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Literal, Sequence
 
 from PIL import Image
 
@@ -22,7 +22,7 @@ from ..encoder.weights import EncoderSpec
 from ..errors import (EncoderMismatchError, ImageError, IndexFormatError, InputError, LocalOnlyError,
                       WeightsUnavailableError)
 from ..identify.confidence import Calibration, default_calibration
-from ..identify.pin_table import PinTable
+from ..identify.pin_table import PinRow, PinTable
 from ..identify.recogniser import Candidate, LocalConfig, Recogniser
 from ..images import ImageSource, load_image
 from ..local.store import LocalStore
@@ -239,16 +239,23 @@ class PinIndex:
         """
         return self._recogniser.find_all(load_image(image), min_confidence=min_confidence)
 
-    def verified_candidates(self, image: ImageSource, *, candidates: int | None = None
-                            ) -> tuple[list[Candidate], float]:
+    def verified_candidates(self, image: ImageSource, *, candidates: int | None = None,
+                            exclude_pins: Collection[str] = ()) -> tuple[list[Candidate], float]:
         """Every verified candidate for one photo with its features (for calibration and diagnosis).
 
+        Pins in ``exclude_pins`` are left out as if they were not in the index
+        (self-calibration's leave-pins-out, without a rebuild); unknown ids are ignored.
         Returns the candidates best first and the factor from their polygons' pixels to the photo's.
         """
         photo = load_image(image)
         limit = self._recogniser.config.candidates.max_candidates if candidates is None else candidates
-        clip = self._clip_candidates([photo], limit)[0]
-        return self._recogniser.candidates(photo, clip, limit=limit)
+        excluded = self._table.image_ids_of(exclude_pins)
+        clip = self._clip_candidates([photo], limit + len(excluded))[0]
+        return self._recogniser.candidates(photo, clip, limit=limit, exclude=excluded)
+
+    def pins(self) -> list[PinRow]:
+        """Every pin of the index (id, name, metadata, and ``design``: its colourway family)."""
+        return [self._table.pins[row] for row in sorted(self._table.pins)]
 
     def search(self, vectors: Any, k: int = 5) -> list[list[Match]]:
         """Top-``k`` pins per CLIP query vector, each pin at its best reference image (``similarity``)."""

@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 
 from pinid.errors import InputError
-from pinid.identify.confidence import Calibration, LabelledPhoto, default_calibration, fit_calibration
+from pinid.identify.confidence import (RANKING_FEATURES, Calibration, LabelledPhoto, candidate_features,
+                                      default_calibration, fit_calibration)
 
 
-def _candidate(rng: np.random.Generator, design: str, right: bool, aligned: bool = True) -> SimpleNamespace:
+def _candidate(rng: np.random.Generator, design: str, right: bool, aligned: bool = True,
+               cosine: float = float("nan"), votes: float = 0.0) -> SimpleNamespace:
     """A verified candidate: true pins have many inliers and a close colour, false ones few and far."""
     inliers = int(rng.integers(25, 90)) if right else int(rng.integers(4, 14))
     check = SimpleNamespace(distinct_inliers=inliers if aligned else 0,
                             inlier_ratio=rng.uniform(0.4, 0.8) if right else rng.uniform(0.05, 0.25),
                             colour_distance=rng.uniform(2, 10) if right else rng.uniform(15, 40),
                             aligned=aligned)
-    return SimpleNamespace(verification=check, aligned=aligned, clip_score=float("nan"), design=design)
+    return SimpleNamespace(verification=check, aligned=aligned, clip_score=cosine, design=design, votes=votes)
 
 
 def _photos(count: int = 40, seed: int = 0) -> list[LabelledPhoto]:
@@ -34,29 +36,98 @@ def _photos(count: int = 40, seed: int = 0) -> list[LabelledPhoto]:
     return photos
 
 
+def _clip_photos(count: int = 60, seed: int = 0) -> list[LabelledPhoto]:
+    """Photos where nothing aligns and CLIP's leader, by a clear margin, is the pin (when it is known)."""
+    rng = np.random.default_rng(seed)
+    photos = []
+    for p in range(count):
+        known = p % 3 != 0
+        cosines = np.sort(rng.uniform(0.55, 0.75, 6))[::-1]
+        if known:
+            cosines[0] += rng.uniform(0.08, 0.2)  # the true pin leads clearly
+        candidates = [_candidate(rng, f"d{p}-{i}", False, aligned=False, cosine=float(c), votes=float(rng.integers(0, 5)))
+                      for i, c in enumerate(cosines)]
+        photos.append(LabelledPhoto(candidates, [known and i == 0 for i in range(len(candidates))]))
+    return photos
+
+
+def _answer(calibration: Calibration, photo: LabelledPhoto) -> tuple[bool, float]:
+    """Whether the calibration's best candidate is right, and its confidence (as the recogniser answers)."""
+    scores = calibration.rank_score(candidate_features(photo.candidates))
+    top, lead, best = calibration.best_and_lead(scores, [c.design for c in photo.candidates])
+    return bool(photo.truth[best]), calibration.answer_confidence(top, lead)
+
+
 def test_fit_learns_that_inliers_mean_the_pin_and_orders_right_answers_above_wrong() -> None:
     photos = _photos()
     fitted = fit_calibration(photos, fitted_on="40 synthetic photos")
     assert fitted.fitted_on == "40 synthetic photos" and fitted.unknown_below == 0.5 and fitted.self_test is None
-    assert fitted.ranking[1] > 0  # log distinct inliers
-    assert fitted.ranking[3] < 0  # colour distance
+    weights = fitted.weights()
+    assert weights["log_distinct_inliers"] > 0 and weights["colour_distance"] < 0
     right, wrong = [], []
     for photo in _photos(seed=1):  # fresh photos
-        aligned = [c for c in photo.candidates if c.aligned]
-        scores = fitted.rank_score(np.array([[np.log1p(c.verification.distinct_inliers), c.verification.inlier_ratio,
-                                              min(c.verification.colour_distance, 60) / 10, 0.0] for c in aligned]))
-        order = np.argsort(-scores)
-        rival = next(scores[i] for i in order[1:] if aligned[i].design != aligned[order[0]].design)
-        confidence = fitted.answer_confidence(scores[order[0]], scores[order[0]] - rival)
-        (right if photo.truth[photo.candidates.index(aligned[order[0]])] else wrong).append(confidence)
+        is_right, confidence = _answer(fitted, photo)
+        (right if is_right else wrong).append(confidence)
     assert right and wrong and min(right) > max(wrong)
     assert min(right) > fitted.unknown_below > max(wrong)
     assert Calibration.from_dict(fitted.to_dict()) == fitted  # fits are JSON-safe
 
 
-def test_too_few_aligned_candidates_is_an_input_error() -> None:
-    with pytest.raises(InputError, match="too little to calibrate on: 3 photos gave 3 aligned candidates of the "
-                                         "true pin and 9 of other pins; at least 5 of each"):
+def test_fit_learns_clip_where_clip_is_informative_and_answers_without_alignment() -> None:
+    fitted = fit_calibration(_clip_photos(), fitted_on="CLIP photos")
+    assert fitted.weights()["clip_margin"] > 1.0
+    known, strangers = [], []
+    for photo in _clip_photos(seed=1):
+        is_right, confidence = _answer(fitted, photo)
+        (known if any(photo.truth) else strangers).append((is_right, confidence))
+    assert all(is_right for is_right, _ in known)  # nothing aligned, CLIP's leader is the answer
+    assert min(c for _, c in known) > fitted.unknown_below > max(c for _, c in strangers)
+
+
+def test_without_clip_evidence_the_clip_weights_stay_zero() -> None:
+    """A local-only index has no cosines: its fit must not invent a CLIP weight (nor crash)."""
+    fitted = fit_calibration(_photos(), fitted_on="local")
+    assert fitted.weights()["clip_cosine"] == 0.0 and fitted.weights()["clip_margin"] == 0.0
+
+
+def test_candidate_features_use_geometry_only_where_aligned_and_clip_margins_by_design() -> None:
+    rng = np.random.default_rng(3)
+    candidates = [_candidate(rng, "fox", True, cosine=0.9, votes=4.0),
+                  _candidate(rng, "fox", False, cosine=0.85, votes=2.0),   # a colourway of the leader
+                  _candidate(rng, "owl", False, aligned=False, cosine=0.7, votes=0.0),
+                  _candidate(rng, "cat", False, aligned=False, votes=1.0)]  # not in the CLIP top list
+    features = candidate_features(candidates)
+    column = {name: features[:, i] for i, name in enumerate(RANKING_FEATURES)}
+    assert column["aligned"].tolist() == [1, 1, 0, 0]
+    assert column["log_distinct_inliers"][2:].tolist() == [0, 0] and column["colour_distance"][2:].tolist() == [0, 0]
+    assert column["log_distinct_inliers"][0] == pytest.approx(np.log1p(candidates[0].verification.distinct_inliers))
+    assert column["clip_cosine"].tolist() == pytest.approx([0.9, 0.85, 0.7, 0.7])  # unlisted: the list's lowest
+    # margin over the best of ANOTHER design: the sibling does not count as a rival
+    assert column["clip_margin"].tolist() == pytest.approx([0.2, 0.15, -0.2, -0.2])
+    assert column["vote_share"].tolist() == pytest.approx([1.0, 0.5, 0.0, 0.25])
+    no_clip = candidate_features([_candidate(rng, "fox", True), _candidate(rng, "owl", False)])
+    assert not no_clip[:, 4:6].any()
+    assert candidate_features([]).shape == (0, len(RANKING_FEATURES))
+
+
+def test_version_1_calibrations_answer_as_before() -> None:
+    """Indexes built before evidence fusion: same score when aligned, the old flat -12 when not."""
+    v1 = {"version": 1, "ranking_features": ["log_distinct_inliers", "inlier_ratio", "colour_distance", "clip_score"],
+          "ranking": [-5.6, 2.6, 6.4, -0.84, 0.0], "confidence_features": ["top_score", "lead"],
+          "confidence": [-0.34, 0.8, 0.43], "threshold": 0.5, "fitted_on": "old"}
+    calibration = Calibration.from_dict(v1)
+    rng = np.random.default_rng(0)
+    aligned, unaligned = _candidate(rng, "a", True), _candidate(rng, "b", False, aligned=False, votes=3.0)
+    scores = calibration.rank_score(candidate_features([aligned, unaligned]))
+    check = aligned.verification
+    old = -5.6 + 2.6 * np.log1p(check.distinct_inliers) + 6.4 * check.inlier_ratio - 0.84 * check.colour_distance / 10
+    assert scores.tolist() == pytest.approx([old, -12.0])
+    assert calibration.to_dict()["version"] == 2 and Calibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_too_few_candidates_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="too little to calibrate on: 3 photos gave 3 candidates of the "
+                                         "true pin and 12 of other pins; at least 5 of each"):
         fit_calibration(_photos(4)[1:], fitted_on="")
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pinid.errors import IndexFormatError
-from pinid.identify.confidence import default_calibration
+from pinid.identify.confidence import RANKING_FEATURES, Calibration, default_calibration
 from pinid.identify.pin_table import PinRow, PinTable
 from pinid.identify.recogniser import CandidateConfig, LocalConfig, Recogniser
 from pinid.local.features import FeatureConfig, reference_entry
@@ -111,5 +111,51 @@ def test_strict_verification_aligns_nothing(parts) -> None:
     ranked, _ = strict.candidates(photo_of(pin(5)))
     assert ranked and not any(c.aligned for c in ranked)
     answer = strict.identify(photo_of(pin(5)))
-    assert answer.unknown and answer.confidence == 0.0
+    assert answer.unknown and answer.confidence < 0.01
     assert strict.find_all(photo_of(pin(5))) == []
+
+
+# ---------------------------------------------------------------- evidence fusion
+def clip_trusting() -> Calibration:
+    """What a calibration learns on an index whose CLIP is informative: a clear CLIP lead is worth a lot."""
+    weights = {"aligned": 4.0, "log_distinct_inliers": 2.6, "inlier_ratio": 6.4, "colour_distance": -0.84,
+               "clip_cosine": 0.0, "clip_margin": 30.0, "vote_share": 0.5}
+    return Calibration((-6.0, *(weights[name] for name in RANKING_FEATURES)), (-0.3, 0.8, 0.4), 0.5, "test")
+
+
+def test_unaligned_candidates_are_ranked_by_clip_and_a_clear_clip_leader_is_the_answer(parts) -> None:
+    strict = LocalConfig(verify=VerifyConfig(min_inliers=10_000))  # nothing can align
+    clip = [(3, 0.93), (0, 0.71), (4, 0.69), (1, 0.52)]  # CLIP: pin-005, clearly ahead
+    photo = photo_of(pin(5))
+    store, vocabulary, table = parts
+    trusting = Recogniser(store, vocabulary, table, clip_trusting(), strict)
+    ranked, _ = trusting.candidates(photo, clip)
+    assert not any(c.aligned for c in ranked)
+    assert [c.image_id for c in ranked][:3] == [3, 0, 4]  # by CLIP evidence, not a flat score
+    answer = trusting.identify(photo, clip)
+    assert answer.matches[0].pin_id == "pin-005" and answer.matches[0].similarity == pytest.approx(0.93)
+    assert not answer.unknown and answer.confidence > 0.9
+    # the same evidence with the leader's margin gone: no longer sure
+    close = trusting.identify(photo, [(3, 0.72), (0, 0.71), (4, 0.69), (1, 0.52)])
+    assert close.confidence < answer.confidence and close.unknown
+    # a calibration that learned nothing from CLIP (the shipped one: local features only) says unknown
+    shipped = Recogniser(store, vocabulary, table, default_calibration(), strict).identify(photo, clip)
+    assert shipped.unknown and shipped.confidence < 0.01
+
+
+def test_an_aligned_candidate_with_strong_geometry_beats_a_clip_leader(parts) -> None:
+    store, vocabulary, table = parts
+    trusting = Recogniser(store, vocabulary, table, clip_trusting())
+    answer = trusting.identify(photo_of(pin(5)), [(0, 0.8), (3, 0.7), (4, 0.69)])  # CLIP wrongly prefers pin-001
+    assert answer.matches[0].pin_id == "pin-005" and answer.matches[0].inliers >= 8
+
+
+def test_excluded_reference_images_are_never_candidates(parts) -> None:
+    """Self-calibration's leave-pins-out: as if the pin were not in the index (colourway siblings too)."""
+    rec = recogniser(parts)
+    ranked, _ = rec.candidates(photo_of(pin(5)), [(3, 0.9), (0, 0.5)], exclude={3})
+    assert ranked and 3 not in {c.image_id for c in ranked}
+    assert all(c.design != "d5" for c in ranked)
+    # pin-002's alignment is not lent to its excluded colourway
+    ranked, _ = rec.candidates(photo_of(pin(2), seed=7), limit=1, exclude={2})
+    assert [c.image_id for c in ranked] == [1]
