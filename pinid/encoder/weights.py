@@ -365,7 +365,6 @@ def save_local_dir(out_dir: str | os.PathLike, model: str = DEFAULT_MODEL, pretr
     """
     import open_clip
     import torch
-    from safetensors.torch import save_file
 
     if not random_weights:
         encoder_spec = EncoderSpec(model, pretrained)
@@ -385,12 +384,23 @@ def save_local_dir(out_dir: str | os.PathLike, model: str = DEFAULT_MODEL, pretr
         from open_clip.transform import PreprocessCfg
 
         preprocess_cfg = jsonable(asdict(PreprocessCfg(size=model_cfg["vision_cfg"]["image_size"])))
+    return write_local_dir(out_dir, clip, model_cfg, preprocess_cfg)
+
+
+def write_local_dir(out_dir: str | os.PathLike, clip: Any, model_cfg: dict, preprocess_cfg: dict) -> Path:
+    """Write ``clip`` (an ``open_clip.CLIP`` built from ``model_cfg``) as a ``local-dir:`` checkpoint.
+
+    The one writer of the layout open_clip's ``local-dir:`` schema reads, shared by
+    :func:`save_local_dir` and models trained elsewhere (``scripts/train_standin.py``).
+    """
+    from safetensors.torch import save_file
+
     folder = check_export_folder(out_dir)
-    state = {k: v.contiguous() for k, v in clip.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
+    config = {"model_cfg": jsonable(model_cfg), "preprocess_cfg": jsonable(preprocess_cfg)}
 
     def write(staging: Path) -> None:
-        (staging / CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
-                                                      indent=2))
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         save_file(state, str(staging / WEIGHTS_FILE))
         os.chmod(staging / WEIGHTS_FILE, new_file_mode(staging))  # safetensors creates it 0600, whatever the umask
 

@@ -32,6 +32,9 @@ class QueryOptions:
     p_finger: float = 0.12
     p_clutch: float = 0.1
     p_neighbours: float = 0.25
+    # Long side of the frame, (min, max) px; None keeps the benchmark's 640-1024. Smaller frames
+    # are much cheaper (training a stand-in model on thousands of photos); the rng draws are the same.
+    long_side: tuple[int, int] | None = None
 
 
 def catalogue_image(mat: Material, rng: np.random.Generator, size: int = 512) -> bytes:
@@ -69,7 +72,7 @@ def _random_pose(rng: np.random.Generator, frame: tuple[int, int], cover: float,
 def query_photo(mat: Material, rng: np.random.Generator, neighbours: Sequence[Material] = (),
                 opts: QueryOptions = QueryOptions()) -> tuple[bytes, Polygon]:
     """A collector's phone photo of one pin; ``neighbours`` may appear beside it."""
-    w, h = frame_size(rng)
+    w, h = frame_size(rng) if opts.long_side is None else frame_size(rng, opts.long_side)
     # The surface is out of focus (depth of field), so draw it at half size and enlarge: much cheaper.
     canvas, strap, _ = surface(rng, h // 2, w // 2)
     canvas = cv2.GaussianBlur(canvas, (0, 0), rng.uniform(0.3, 1.5) * max(w, h) / 800)
