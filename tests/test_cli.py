@@ -105,6 +105,19 @@ def test_info_describes_index_without_loading_model(index_dir: Path, tiny_model_
     assert json.loads(out)["counts"] == {"pins": 5, "images": 10}
 
 
+def test_info_says_whether_the_calibration_trusts_clip(index_dir: Path, capsys) -> None:
+    from pinid.identify.confidence import RANKING_FEATURES, Calibration
+    from pinid.index import PinIndex
+
+    _, out, _ = run(capsys, "info", index_dir)
+    assert "ranking:    CLIP unused (weight 0); aligned +" in out  # the shipped calibration: fitted without CLIP
+    weights = {name: 0.5 for name in RANKING_FEATURES} | {"clip_margin": 30.0, "clip_cosine": 2.0}
+    trusting = Calibration((-6.0, *(weights[name] for name in RANKING_FEATURES)), (-0.3, 0.8, 0.4), 0.5, "test")
+    PinIndex.load(index_dir, encoder=None).replace_calibration(trusting)
+    _, out, _ = run(capsys, "info", index_dir)
+    assert "ranking:    CLIP margin +30.00, cosine +2.00; aligned +0.50" in out
+
+
 def test_console_script_runs(index_dir: Path, tmp_path: Path) -> None:
     pinid = Path(sys.executable).parent / "pinid"
     if not pinid.exists():

@@ -128,12 +128,52 @@ def test_bench_reference_size() -> None:
     assert "| pinid | reference side (px) | build seconds | peak RSS (MB) |" in out and "| 300 |" in out
 
 
+def test_train_standin(tmp_path: Path) -> None:
+    from pinid.encoder import Encoder
+    from tests.support import draw_pin_image
+
+    art = tmp_path / "art"
+    art.mkdir()
+    for i in range(5):
+        draw_pin_image(i, 64).save(art / f"art{i}.png")
+    (art / "disc.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 128 128">'
+                                  '<circle cx="64" cy="64" r="50" fill="#c33"/></svg>')
+    out = run_script("train_standin.py", "-o", tmp_path / "model", "--artwork", art, "--photos", 2, "--steps", 2,
+                     "--batch", 4, "--image-size", 32, "--patch", 16, "--width", 32, "--layers", 1, "--embed-dim", 16,
+                     "--render", 64, "--frame", "64,96").stdout
+    assert "data: 6 artworks (0 skipped), 2 photos each" in out
+    assert "| model | top-1 | top-5 | mean margin |" in out and "| before training (random init) |" in out
+    assert "| after 2 steps (saved checkpoint, Encoder.load) |" in out
+    encoder = Encoder.load(f"local-dir:{tmp_path / 'model'}", device="cpu", offline=True)
+    vectors = encoder.encode_images([art / "art0.png"], workers=1).vectors
+    assert vectors.shape == (1, 16) and np.isfinite(vectors).all()
+
+
+def test_eval_fusion(bench: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from pinid.catalogue import read_catalogue
+    from pinid.encoder import Encoder
+    from pinid.index import PinIndex
+
+    encoder = Encoder.load(f"local-dir:{tiny_model_dir}", device="cpu", offline=True)
+    PinIndex.build(read_catalogue(bench / "catalogue"), tmp_path / "idx", encoder)
+    out = run_script("eval_fusion.py", tmp_path / "idx", bench, "--sample", 4, "--fit-queries", 8, "--simulate", 9,
+                     "--json", tmp_path / "fusion.json").stdout
+    assert "| mode, calibration | recall@1 | right colourway at 1 | AUROC known vs unknown |" in out
+    for row in ("CLIP only (cosine)", "local only, self-calibrated", "local only, benchmark-fitted",
+                "fused, self-calibrated", "fused, benchmark-fitted"):
+        assert f"| {row} | " in out
+    figures = json.loads((tmp_path / "fusion.json").read_text())
+    assert figures["rows"]["fused, self-calibrated"]["known"] + figures["rows"]["fused, self-calibrated"]["unknown"] == 4
+    assert figures["weights"]["local only, benchmark-fitted"]["clip_margin"] == 0.0  # no CLIP evidence without it
+
+
 SMOKE_TESTS: dict[str, Callable[..., None]] = {
     "bench_core.py": test_bench_core, "bench_dedup.py": test_bench_dedup, "bench_verify.py": test_bench_verify,
     "bench_reference_size.py": test_bench_reference_size,
-    "eval_dedup.py": test_eval_dedup, "fit_calibration.py": test_fit_calibration,
+    "eval_dedup.py": test_eval_dedup, "eval_fusion.py": test_eval_fusion, "fit_calibration.py": test_fit_calibration,
     "fit_descriptor_pca.py": test_fit_descriptor_pca, "make_benchmark.py": test_make_benchmark,
     "make_examples.py": test_make_examples, "probe_local_features.py": test_probe_local_features,
+    "train_standin.py": test_train_standin,
 }
 
 

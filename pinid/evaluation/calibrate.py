@@ -1,10 +1,18 @@
-"""Fit an index's calibration on your own labelled photos (``pinid calibrate INDEX --photos LABELLED.csv``).
+"""Fit an index's calibration on its own catalogue (``pinid calibrate INDEX``) or on labelled photos.
 
 The shipped calibration was fitted on the synthetic benchmark with a
 local-features-only index; photos from your own camera, lighting and
 catalogue (and a CLIP index, whose cosine it gives weight 0) can score
-differently. Labelled photos (``image,pin_id``; an empty pin id is a pin not
-in the catalogue) are identified with the index, both models are refitted
+differently. Two sources of labelled photos:
+
+* simulated (:func:`calibrate_simulated`, the default and what ``build-index``
+  runs): phone photos of the catalogue's own reference images, a share of them
+  playing pins that are not in the catalogue (:mod:`pinid.evaluation.simulate`);
+  the self-test figures are on held-out simulated photos;
+* your own (:func:`calibrate`, ``--photos LABELLED.csv``): ``image,pin_id``, an
+  empty pin id being a pin not in the catalogue.
+
+The photos are identified with the index, both models are refitted
 (:func:`pinid.identify.confidence.fit_calibration`) and the result is written
 into the index's manifest atomically, with its provenance and self-test figures.
 """
@@ -26,6 +34,10 @@ from ..index import PinIndex
 from ..results import Progress
 from ..tables import TableError, printable, read_rows
 from .metrics import auroc
+from .simulate import (SIMULATED_PHOTOS, UNKNOWN_SHARE, PhotoSimulator, SimulatedPhoto, Unreadable, catalogue_pins,
+                       in_order)
+
+HELD_OUT_EVERY = 3  # simulated photo i with i % 3 == 2 is held out of the self-test's fit
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,82 @@ def calibrate(index: PinIndex, photos: Path, *, on_progress: Progress | None = N
                  f"{datetime.now(timezone.utc).date().isoformat()}")
     calibration = fit_calibration(samples, fitted_on=fitted_on, unknown_below=index.calibration.unknown_below)
     calibration = replace(calibration, self_test=self_test(index, calibration, samples, known))
+    index.replace_calibration(calibration)
+    return CalibrationReport(calibration, len(samples), skipped)
+
+
+def calibrate_simulated(index: PinIndex, *, photos: int = SIMULATED_PHOTOS, seed: int = 0,
+                        unknown_share: float = UNKNOWN_SHARE, workers: int = 2,
+                        on_progress: Progress | None = None) -> CalibrationReport:
+    """Fit both models on simulated phone photos of the index's own reference images; write them.
+
+    Photo ``i`` comes from ``default_rng([seed, i])`` alone (same seed, same
+    calibration). A share ``unknown_share`` of the photos plays a pin that is
+    not in the catalogue: its design's pins are excluded from the candidates
+    and every candidate is wrong. The written calibration is fitted on all the
+    photos; its self-test figures come from a fit on two thirds of them, scored
+    on the other third. Photos whose reference image cannot be read are skipped
+    (and reported). Nothing is written unless the fit succeeds. ``workers``
+    photos are made and identified at a time, on threads (the result does not
+    depend on it).
+
+    Raises:
+        InputError: fewer than ``HELD_OUT_EVERY`` photos, a share outside [0, 1), no readable
+            reference image, or too little to fit on (too few photos, or a catalogue too easy
+            or too small to learn a confidence from).
+    """
+    if photos < HELD_OUT_EVERY:
+        raise InputError(f"simulate at least {HELD_OUT_EVERY} photos (one in {HELD_OUT_EVERY} is held out "
+                         f"for the self-test), not {photos}")
+    simulator = PhotoSimulator(catalogue_pins(index), seed, unknown_share=unknown_share,
+                               features=index.recogniser.config.features)
+
+    def identified(number: int) -> tuple[SimulatedPhoto, LabelledPhoto] | Unreadable:
+        made = simulator.photo(number)
+        if isinstance(made, Unreadable):
+            return made
+        ranked, _ = index.verified_candidates(made.data, exclude_pins=made.excluded)
+        return made, LabelledPhoto(ranked, [made.known and index.pin_of(c) == made.pin_id for c in ranked])
+
+    samples: list[LabelledPhoto] = []
+    known: list[bool] = []
+    held_out: list[bool] = []
+    skipped: list[tuple[str, str]] = []
+    for done, outcome in enumerate(in_order(identified, photos, workers=workers), 1):
+        if isinstance(outcome, Unreadable):
+            skipped.append((outcome.where, outcome.why))
+        else:
+            made, sample = outcome
+            samples.append(sample)
+            known.append(made.known)
+            held_out.append(made.number % HELD_OUT_EVERY == HELD_OUT_EVERY - 1)
+        if on_progress is not None:
+            on_progress("simulated photos", done, photos)
+    if not samples:
+        where, why = skipped[0]
+        raise InputError(f"none of the reference images of index {printable(index.path)} could be read, e.g. "
+                         f"{printable(where)}: {why} (they are read where the catalogue was at build time)")
+    unknown = len(known) - sum(known)
+    fitted_on = (f"{len(samples)} simulated photos of this catalogue (seed {seed}, {unknown} not in the "
+                 f"catalogue), {datetime.now(timezone.utc).date().isoformat()}")
+    unknown_below = index.calibration.unknown_below
+    try:
+        calibration = fit_calibration(samples, fitted_on=fitted_on, unknown_below=unknown_below)
+    except InputError as exc:
+        detail = str(exc).removeprefix("too little to calibrate on: ")
+        raise InputError(f"{len(samples)} simulated photos of {len(simulator.pins)} pins are too few to "
+                         f"calibrate on ({detail})") from None
+    fit = [sample for sample, held in zip(samples, held_out) if not held]
+    scored = [(sample, is_known) for sample, is_known, held in zip(samples, known, held_out) if held]
+    try:
+        partial = fit_calibration(fit, fitted_on="", unknown_below=unknown_below)
+    except InputError:  # the whole set was enough to fit on, two thirds of it not: no figures to show
+        figures: dict[str, Any] = {"photos": len(scored), "known": sum(k for _, k in scored),
+                                   "unknown": sum(not k for _, k in scored), "recall_at_1": None, "auroc": None}
+    else:
+        figures = self_test(index, partial, [s for s, _ in scored], [k for _, k in scored])
+    figures["scored_on"] = f"{len(scored)} held-out simulated photos"
+    calibration = replace(calibration, self_test=figures)
     index.replace_calibration(calibration)
     return CalibrationReport(calibration, len(samples), skipped)
 
