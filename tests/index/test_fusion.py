@@ -8,7 +8,6 @@ photos that never align.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from PIL import Image, ImageFilter
