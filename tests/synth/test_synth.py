@@ -155,8 +155,9 @@ def test_small_benchmark_is_byte_for_byte_reproducible(small_bench, tmp_path):
 
 
 def test_eval_on_small_benchmark_with_tiny_model(small_bench, tiny_model_dir, tmp_path, capsys):
+    # the small benchmark has 50 pins or more, so build-index self-calibrates: on a few photos, to keep CI quick
     main(["build-index", str(small_bench / "catalogue"), "-o", str(tmp_path / "idx"),
-          "--model", f"local-dir:{tiny_model_dir}", "-q"])
+          "--model", f"local-dir:{tiny_model_dir}", "-q", "--calibrate-photos", "24"])
     capsys.readouterr()
     main(["eval", "-i", str(tmp_path / "idx"), "--queries", str(small_bench / "queries.csv"), "--json",
           "--failures", str(tmp_path / "failures"), "--threshold", "0.9", "--latency-samples", "5", "-q"])
