@@ -37,7 +37,8 @@ import numpy as np
 
 from pinid.evaluation.metrics import auroc
 from pinid.evaluation.queries import GroundTruthQuery, read_queries, sample_queries
-from pinid.evaluation.simulate import PhotoSimulator, SimulatedPhoto, catalogue_pins
+from pinid.evaluation.calibrate import identify_simulated
+from pinid.evaluation.simulate import PhotoSimulator, Unreadable, catalogue_pins
 from pinid.identify.confidence import Calibration, LabelledPhoto, candidate_features, fit_calibration
 from pinid.index import PinIndex
 
@@ -57,13 +58,9 @@ def verified(index: PinIndex, queries: Sequence[GroundTruthQuery], label: str) -
 
 def simulated(index: PinIndex, count: int, seed: int, label: str) -> list[LabelledPhoto]:
     """What self-calibration fits on: simulated photos of the catalogue, some of pins left out."""
-    samples = []
     start = time.perf_counter()
-    for made in PhotoSimulator(catalogue_pins(index), seed).photos(count):
-        if not isinstance(made, SimulatedPhoto):  # an unreadable reference image
-            continue
-        ranked, _ = index.verified_candidates(made.data, exclude_pins=made.excluded)
-        samples.append(LabelledPhoto(ranked, [made.known and index.pin_of(c) == made.pin_id for c in ranked]))
+    samples = [outcome[1] for outcome in identify_simulated(index, PhotoSimulator(catalogue_pins(index), seed), count)
+               if not isinstance(outcome, Unreadable)]
     print(f"  {label}: {len(samples)} simulated photos, {time.perf_counter() - start:.0f} s",
           file=sys.stderr, flush=True)
     return samples

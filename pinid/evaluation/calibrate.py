@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -120,6 +120,19 @@ def calibrate(index: PinIndex, photos: Path, *, on_progress: Progress | None = N
     return CalibrationReport(calibration, len(samples), skipped)
 
 
+def identify_simulated(index: PinIndex, simulator: PhotoSimulator, photos: int, *, workers: int = 2
+                       ) -> Iterator[tuple[SimulatedPhoto, LabelledPhoto] | Unreadable]:
+    """Simulated photos ``0 .. photos-1``, each identified with its left-out pins excluded, labelled, in order."""
+    def identified(number: int) -> tuple[SimulatedPhoto, LabelledPhoto] | Unreadable:
+        made = simulator.photo(number)
+        if isinstance(made, Unreadable):
+            return made
+        ranked, _ = index.verified_candidates(made.data, exclude_pins=made.excluded)
+        return made, LabelledPhoto(ranked, [made.known and index.pin_of(c) == made.pin_id for c in ranked])
+
+    return in_order(identified, photos, workers=workers)
+
+
 def calibrate_simulated(index: PinIndex, *, photos: int = SIMULATED_PHOTOS, seed: int = 0,
                         unknown_share: float = UNKNOWN_SHARE, workers: int = 2,
                         on_progress: Progress | None = None) -> CalibrationReport:
@@ -145,19 +158,11 @@ def calibrate_simulated(index: PinIndex, *, photos: int = SIMULATED_PHOTOS, seed
                          f"for the self-test), not {photos}")
     simulator = PhotoSimulator(catalogue_pins(index), seed, unknown_share=unknown_share,
                                features=index.recogniser.config.features)
-
-    def identified(number: int) -> tuple[SimulatedPhoto, LabelledPhoto] | Unreadable:
-        made = simulator.photo(number)
-        if isinstance(made, Unreadable):
-            return made
-        ranked, _ = index.verified_candidates(made.data, exclude_pins=made.excluded)
-        return made, LabelledPhoto(ranked, [made.known and index.pin_of(c) == made.pin_id for c in ranked])
-
     samples: list[LabelledPhoto] = []
     known: list[bool] = []
     held_out: list[bool] = []
     skipped: list[tuple[str, str]] = []
-    for done, outcome in enumerate(in_order(identified, photos, workers=workers), 1):
+    for done, outcome in enumerate(identify_simulated(index, simulator, photos, workers=workers), 1):
         if isinstance(outcome, Unreadable):
             skipped.append((outcome.where, outcome.why))
         else:
