@@ -22,7 +22,7 @@ from ..encoder.weights import EncoderSpec
 from ..errors import (EncoderMismatchError, ImageError, IndexFormatError, InputError, LocalOnlyError,
                       WeightsUnavailableError)
 from ..identify.confidence import Calibration, default_calibration
-from ..identify.pin_table import PinRow, PinTable
+from ..identify.pin_table import PinTable
 from ..identify.recogniser import Candidate, LocalConfig, Recogniser
 from ..images import ImageSource, load_image
 from ..local.store import LocalStore
@@ -252,10 +252,6 @@ class PinIndex:
         excluded = self._table.image_ids_of(exclude_pins)
         clip = self._clip_candidates([photo], limit + len(excluded))[0]
         return self._recogniser.candidates(photo, clip, limit=limit, exclude=excluded)
-
-    def pins(self) -> list[PinRow]:
-        """Every pin of the index (id, name, metadata, and ``design``: its colourway family)."""
-        return [self._table.pins[row] for row in sorted(self._table.pins)]
 
     def search(self, vectors: Any, k: int = 5) -> list[list[Match]]:
         """Top-``k`` pins per CLIP query vector, each pin at its best reference image (``similarity``)."""
