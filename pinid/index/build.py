@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -31,17 +32,20 @@ from .._version import __version__
 from ..catalogue import Catalogue, PinRecord
 from ..encoder.cache import EmbeddingCache, EmbedOptions, embed_files
 from ..encoder.clip import EncodeResult, Encoder
-from ..errors import CatalogueError, ImageError, InputError
+from ..errors import CatalogueError, ImageError, IndexFormatError, InputError
 from ..identify.confidence import default_calibration
 from ..identify.recogniser import LocalConfig
 from ..images import load_image, working_copy
 from ..local.features import DESCRIPTOR_DIMS, FeatureConfig, ReferenceEntry, reference_entry
-from ..local.store import write_local_store
+from ..local.store import Segment, segment_name, write_segment
 from ..local.vote import build_vocabulary, write_vocabulary
 from ..results import BuildReport, Progress, counting
 from .format import (DATABASE_FILE, FORMAT_VERSION, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest,
-                     is_index_directory)
-from .storage import write_database, write_vectors
+                     is_index_directory, read_manifest)
+from .storage import new_vectors, write_database, write_vectors
+
+if TYPE_CHECKING:
+    from ..local.cache import FeatureCache
 
 
 def check_output(target: str | os.PathLike, catalogue_source: str | os.PathLike | None = None) -> Path:
@@ -108,6 +112,7 @@ class BuildOptions:
     workers: int = 2
     cache: EmbeddingCache | None = None  # content-keyed embeddings: rebuilds encode only new images
     config: LocalConfig = field(default_factory=LocalConfig)
+    feature_cache: FeatureCache | None = None  # content-keyed local features: rebuilds extract only new images
 
 
 def build_index(catalogue: Catalogue, target: Path, encoder: Encoder | None, options: BuildOptions = BuildOptions(),
@@ -135,10 +140,10 @@ def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, o
         encoded = None
         ok = list(range(len(paths)))
     else:
-        encoded = _encode(paths, encoder, options, on_progress)
+        encoded = encode_paths(paths, encoder, options, on_progress)
         skipped += [(str(paths[i]), reason) for i, reason in encoded.failures]
         ok = list(encoded.ok)
-    entries, failures = _reference_entries([paths[i] for i in ok], options, on_progress)
+    entries, failures = reference_entries([paths[i] for i in ok], options, on_progress)
     skipped += [(str(paths[ok[i]]), reason) for i, reason in failures]
     kept = [i for i, entry in enumerate(entries) if entry is not None]
     vectors = None if encoded is None else np.ascontiguousarray(encoded.vectors[kept])
@@ -153,37 +158,51 @@ def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, o
     def write(folder: Path) -> None:
         write_database(folder / DATABASE_FILE, list(rows.values()))
         if vectors is not None:
-            write_vectors(folder / VECTORS_FILE, vectors)
-        descriptors = write_local_store(folder / LOCAL_DIR, ((image_id, entries[i])
-                                                             for image_id, i in enumerate(kept)))
+            write_vectors(folder / VECTORS_FILE, new_vectors(vectors, np.arange(len(vectors), dtype=np.int64)))
+        segment = segment_name(0)
+        count, descriptors = write_segment(folder / LOCAL_DIR / segment,
+                                           ((image_id, entries[i]) for image_id, i in enumerate(kept)))
         write_vocabulary(build_vocabulary(descriptors, config=options.config.vote), folder / VOCABULARY_FILE)
         manifest = new_manifest(encoder, catalogue, pins=len(rows), images=len(ok), descriptors=len(descriptors),
-                                config=options.config)
+                                config=options.config, segments=[Segment(segment, 0, count)],
+                                generation=_generation_after(target))
         (folder / MANIFEST_FILE).write_bytes(manifest.to_json())
 
     replace_directory_atomically(target, write, is_replaceable=is_index_directory, locked=True)
     return BuildReport(len(rows), len(ok), skipped, time.perf_counter() - started)
 
 
+def _generation_after(target: Path) -> int:
+    """A rebuild continues the generation count of the index it replaces, so readers see it as newer."""
+    try:
+        return read_manifest(target).generation + 1
+    except IndexFormatError:
+        return 1
+
+
 def new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, images: int,
-                 descriptors: int, config: LocalConfig = LocalConfig()) -> Manifest:
+                 descriptors: int, segments: list[Segment], config: LocalConfig = LocalConfig(),
+                 generation: int = 1) -> Manifest:
     import cv2
     import faiss
 
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return Manifest(
         format_version=FORMAT_VERSION, pinid_version=__version__,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=created,
         encoder=None if encoder is None else encoder.identity(), pins=pins, images=images,
         vectors=None if encoder is None else {"file": VECTORS_FILE, "faiss_index": "IDMap2,Flat",
                                               "metric": "inner_product", "faiss_version": faiss.__version__},
         local_features={"kind": f"PCA{DESCRIPTOR_DIMS}-RootSIFT, 3 scales + 4 tilts, light and dark backdrop",
                         "max_per_image": config.features.max_reference_features, "descriptors": int(descriptors),
-                        "vocabulary": VOCABULARY_FILE, "opencv_version": cv2.__version__},
+                        "vocabulary": VOCABULARY_FILE, "opencv_version": cv2.__version__,
+                        "segments": [segment.to_dict() for segment in segments]},
         calibration=default_calibration().to_dict(), catalogue_source=str(catalogue.source.resolve()),
-        next_image_id=images, local_config=config.to_dict())
+        next_image_id=images, local_config=config.to_dict(), generation=generation,
+        changes=[{"generation": generation, "action": "build", "at": created, "pins": pins, "images": images}])
 
 
-def _reference_entries(paths: list[Path], options: BuildOptions, on_progress: Progress | None
+def reference_entries(paths: list[Path], options: BuildOptions, on_progress: Progress | None
                        ) -> tuple[list[ReferenceEntry | None], list[tuple[int, str]]]:
     """Local features of every reference image, in threads (OpenCV releases the GIL)."""
     features = options.config.features
@@ -220,7 +239,7 @@ def reference_image(path: Path, config: FeatureConfig = FeatureConfig()) -> Imag
     return image
 
 
-def _encode(paths: list[Path], encoder: Encoder, options: BuildOptions, on_progress: Progress | None
+def encode_paths(paths: list[Path], encoder: Encoder, options: BuildOptions, on_progress: Progress | None
             ) -> EncodeResult:
     """CLIP vectors of every path; with a cache, known contents come from it (and count as done)."""
     if options.cache is None:
@@ -250,4 +269,5 @@ def _rows_by_pin(owners: list[PinRecord], paths: list[Path], ok: list[int]
     return rows
 
 
-__all__ = ["BuildOptions", "build_index", "check_output", "new_manifest", "reference_image"]
+__all__ = ["BuildOptions", "build_index", "check_output", "encode_paths", "new_manifest", "reference_entries",
+           "reference_image"]

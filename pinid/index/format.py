@@ -7,8 +7,16 @@ Layout::
                               (or null), counts, build time, local-feature settings, confidence calibration
       vectors.faiss           FAISS IndexIDMap2 over an exact inner-product index; ids = image ids (CLIP only)
       catalogue.sqlite        pins (pin_row, pin_id, name, metadata JSON), images (image_id -> pin_row, path, sha256)
-      local/                  reference keypoints, descriptors, pin boxes, colour thumbnails (pinid.local.store)
-      local_vocabulary.faiss  all reference descriptors, for the candidate vote (pinid.local.vote)
+      local/NNNNNN/           reference keypoints, descriptors, pin boxes, colour thumbnails, one segment
+                              per build or change that added images (pinid.local.store)
+      local_vocabulary.faiss  every live reference descriptor by its store row, for the candidate vote
+                              (pinid.local.vote)
+
+Every change (``PinIndex.add``, ``remove``, ``update``, a new calibration)
+makes a whole new *generation*: a fresh sibling directory that hard-links the
+files it does not change, swapped in for the old one in one atomic rename.
+Files are never changed in place, so a reader that opens every file through
+one directory handle (``PinIndex.load``) sees one generation, never a mix.
 
 An index built with ``encoder=None`` (``pinid build-index --encoder local``)
 has no ``vectors.faiss`` and needs no model weights at all. A directory is an
@@ -19,22 +27,30 @@ but these entries: anything else is never replaced or deleted.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from ..errors import IndexFormatError
+from ..encoder.weights import EncoderSpec
+from ..errors import EncoderMismatchError, IndexFormatError
 from ..identify.recogniser import LocalConfig
+from ..local.store import Segment
 from ..tables import parse_json
 
+if TYPE_CHECKING:
+    from ..encoder.clip import Encoder
+
 FORMAT_NAME = "pinid-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
 DATABASE_FILE = "catalogue.sqlite"
 LOCAL_DIR = "local"
 VOCABULARY_FILE = "local_vocabulary.faiss"
+MAX_CHANGES = 20  # changes remembered in the manifest (``pinid info`` shows them)
+_SEGMENT_NAME = re.compile(r"[0-9]{6}")
 #: Everything an index directory may hold (SQLite may leave a journal beside its file).
 INDEX_ENTRIES = frozenset({MANIFEST_FILE, VECTORS_FILE, DATABASE_FILE, LOCAL_DIR, VOCABULARY_FILE,
                            f"{DATABASE_FILE}-journal", f"{DATABASE_FILE}-wal", f"{DATABASE_FILE}-shm"})
@@ -56,10 +72,18 @@ class Manifest:
     catalogue_source: str
     next_image_id: int
     local_config: dict[str, Any] = field(default_factory=dict)  # LocalConfig.to_dict(); {} = the defaults
+    generation: int = 1  # 1 for a fresh build, one more per change
+    changes: list[dict[str, Any]] = field(default_factory=list)  # the last MAX_CHANGES changes, oldest first
 
     @property
     def descriptors(self) -> int:
+        """Live descriptors: what the vocabulary holds."""
         return int(self.local_features["descriptors"])
+
+    @property
+    def segments(self) -> list[Segment]:
+        return [Segment(str(item["name"]), int(item["first_row"]), int(item["rows"]))
+                for item in self.local_features["segments"]]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (field names as documented in the README)."""
@@ -68,7 +92,7 @@ class Manifest:
                 "counts": {"pins": self.pins, "images": self.images}, "vectors": self.vectors,
                 "local_features": self.local_features, "calibration": self.calibration,
                 "catalogue": {"source": self.catalogue_source}, "next_image_id": self.next_image_id,
-                "local_config": self.local_config}
+                "local_config": self.local_config, "generation": self.generation, "changes": self.changes}
 
     def to_json(self) -> bytes:
         return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
@@ -87,9 +111,13 @@ class Manifest:
             manifest = cls(int(version), str(data["pinid_version"]), str(data["created_at"]), encoder,
                            _count(counts["pins"]), _count(counts["images"]), data.get("vectors"), dict(local),
                            dict(data["calibration"]), str(data["catalogue"]["source"]),
-                           _count(data.get("next_image_id", counts["images"])),
-                           dict(data.get("local_config", {})))
+                           _count(data["next_image_id"]), dict(data.get("local_config", {})),
+                           _count(data["generation"]), list(data["changes"]))
             _count(local["descriptors"])
+            for segment in manifest.segments:
+                _count(segment.rows), _count(segment.first_row)
+                if not _SEGMENT_NAME.fullmatch(segment.name):
+                    raise ValueError(f"segment name {segment.name!r}")
             if encoder is not None:
                 if not isinstance(encoder, dict) or not isinstance(encoder["model"], str):
                     raise TypeError("encoder")
@@ -135,6 +163,25 @@ def read_manifest(folder: Path) -> Manifest:
     return Manifest.from_dict(data, folder)
 
 
+def check_encoder(folder: Path, recorded: dict[str, Any], encoder: "Encoder") -> None:
+    """Refuse to query an index with another model, other weights or other preprocessing."""
+    current = encoder.identity()
+    built_with = EncoderSpec(recorded["model"], recorded.get("pretrained")).describe()
+    same_weights = (recorded.get("weights_sha256") == current["weights_sha256"]
+                    if recorded.get("weights_sha256") else built_with == encoder.spec.describe())
+    problems = []
+    if not same_weights:
+        problems.append("different weights")
+    if recorded.get("embedding_dim") != current["embedding_dim"]:
+        problems.append(f"dimension {current['embedding_dim']} vs {recorded.get('embedding_dim')}")
+    if recorded.get("preprocess") != current["preprocess"]:
+        problems.append("different preprocessing")
+    if problems:
+        raise EncoderMismatchError(
+            f"index {folder} was built with encoder {built_with} but is queried with "
+            f"{encoder.spec.describe()} ({', '.join(problems)}); use the same encoder or rebuild the index")
+
+
 def is_index_directory(folder: Path) -> bool:
     """True for a pinid index (format marker in its manifest, nothing foreign inside) or an empty folder.
 
@@ -157,4 +204,4 @@ def is_index_directory(folder: Path) -> bool:
 
 
 __all__ = ["DATABASE_FILE", "FORMAT_NAME", "FORMAT_VERSION", "INDEX_ENTRIES", "LOCAL_DIR", "MANIFEST_FILE",
-           "Manifest", "VECTORS_FILE", "VOCABULARY_FILE", "is_index_directory", "read_manifest"]
+           "Manifest", "VECTORS_FILE", "VOCABULARY_FILE", "check_encoder", "is_index_directory", "read_manifest"]

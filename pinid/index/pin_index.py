@@ -9,13 +9,13 @@ shared by FAISS, SQLite and the local store. Nothing is pickled.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Literal, Sequence
 
+import numpy as np
 from PIL import Image
 
-from .._atomic import write_file_atomically
 from ..catalogue import Catalogue
 from ..encoder.clip import Encoder, check_text_query
 from ..encoder.weights import EncoderSpec
@@ -29,27 +29,60 @@ from ..local.store import LocalStore
 from ..local.vote import read_vocabulary
 from ..results import BuildReport, Found, Identification, Match, Progress, counting
 from .build import BuildOptions, build_index
-from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest,
+from .change import Action, ChangeReport, change_index, replace_manifest
+from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest, check_encoder,
                      read_manifest)
 from .search import ExactSearcher, search_pins
 from .storage import read_table, read_vectors
 
 if TYPE_CHECKING:
     from ..encoder.cache import EmbeddingCache
+    from ..local.cache import FeatureCache
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """Everything read from one generation of an index directory (swapped whole by ``reload``)."""
+
+    manifest: Manifest
+    searcher: ExactSearcher | None
+    table: PinTable
+    recogniser: Recogniser
 
 
 class PinIndex:
-    """A searchable catalogue of pins. Build with :meth:`build`, open with :meth:`load`."""
+    """A searchable catalogue of pins. Build with :meth:`build`, open with :meth:`load`.
 
-    def __init__(self, path: Path, manifest: Manifest, vectors: Any, table: PinTable,
-                 encoder: Encoder | None, recogniser: Recogniser) -> None:
+    A loaded index answers from one consistent generation of its directory,
+    whatever writers do meanwhile; :meth:`reload` moves it to the newest one.
+    """
+
+    def __init__(self, path: Path, generation: _Generation, encoder: Encoder | None) -> None:
         self.path = path
-        self.manifest = manifest
         self.encoder = encoder
         self.build_report: BuildReport | None = None
-        self._searcher = ExactSearcher(vectors) if vectors is not None else None
-        self._table = table
-        self._recogniser = recogniser
+        self._state = generation
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._state.manifest
+
+    @property
+    def _table(self) -> PinTable:
+        return self._state.table
+
+    @property
+    def _recogniser(self) -> Recogniser:
+        return self._state.recogniser
+
+    @property
+    def _searcher(self) -> ExactSearcher | None:
+        return self._state.searcher
+
+    @property
+    def generation(self) -> int:
+        """The generation this object answers from: 1 after a build, one more per change."""
+        return self._state.manifest.generation
 
     # ----------------------------------------------------------------- build
     @classmethod
@@ -106,20 +139,8 @@ class PinIndex:
             WeightsUnavailableError: the recorded encoder's weights cannot be found.
         """
         folder = Path(path).expanduser()
-        manifest = read_manifest(folder)
-        recorded = manifest.encoder
-        vectors = read_vectors(folder / VECTORS_FILE) if recorded is not None else None
-        table = read_table(folder / DATABASE_FILE)
-        counts = [len(table.image_ids)] + ([vectors.ntotal] if vectors is not None else [])
-        if any(count != manifest.images for count in counts):
-            raise IndexFormatError(
-                f"index {folder} is inconsistent: manifest lists {manifest.images} images, "
-                f"{DATABASE_FILE} has {len(table.image_ids)}"
-                + (f", {VECTORS_FILE} has {vectors.ntotal}" if vectors is not None else "") + "; rebuild it")
-        if vectors is not None and recorded is not None and vectors.d != recorded["embedding_dim"]:
-            raise IndexFormatError(f"index {folder}: {VECTORS_FILE} has dimension {vectors.d}, "
-                                   f"manifest says {recorded['embedding_dim']}; rebuild it")
-        recogniser = _load_recogniser(folder, manifest, table)
+        generation = read_generation(folder)
+        recorded = generation.manifest.encoder
         if recorded is None:
             if encoder is not None and encoder != "manifest":
                 raise EncoderMismatchError(f"index {folder} was built with local features only "
@@ -135,7 +156,26 @@ class PinIndex:
                     "pass --model/--pretrained pointing at the same weights)") from exc
         if encoder is not None and recorded is not None:
             check_encoder(folder, recorded, encoder)
-        return cls(folder, manifest, vectors, table, encoder, recogniser)
+        return cls(folder, generation, encoder)
+
+    def reload(self) -> bool:
+        """Move to the newest generation of the directory (for long-running readers); True if it changed.
+
+        In-flight calls finish on the generation they started with. The
+        encoder is kept: an index rebuilt with another encoder raises
+        ``EncoderMismatchError`` and this object stays as it was.
+        """
+        generation = read_generation(self.path)
+        if generation.manifest.generation == self.generation and generation.manifest == self.manifest:
+            return False
+        recorded = generation.manifest.encoder
+        if (recorded is None) != (self._state.manifest.encoder is None):
+            raise EncoderMismatchError(f"index {self.path} was rebuilt with "
+                                       f"{'local features only' if recorded is None else 'an encoder'}; load it anew")
+        if recorded is not None and self.encoder is not None:
+            check_encoder(self.path, recorded, self.encoder)
+        self._state = generation
+        return True
 
     # ---------------------------------------------------------------- facts
     def __len__(self) -> int:
@@ -157,11 +197,55 @@ class PinIndex:
         return self._recogniser.calibration
 
     def replace_calibration(self, calibration: Calibration) -> None:
-        """Make this index answer with another calibration, e.g. one fitted on your own labelled photos."""
-        manifest = replace(self.manifest, calibration=calibration.to_dict())
-        write_file_atomically(self.path / MANIFEST_FILE, manifest.to_json())
-        self.manifest = manifest
-        self._recogniser.calibration = calibration
+        """Make this index answer with another calibration, e.g. one fitted on your own labelled photos.
+
+        Written as a new generation (every other file hard-linked), so readers never see it half-made.
+        """
+        replace_manifest(self.path, lambda manifest: replace(manifest, calibration=calibration.to_dict()))
+        self.reload()
+
+    # ------------------------------------------------------------------ change
+    def add(self, catalogue: Catalogue, *, batch_size: int = 32, workers: int = 2,
+            cache: EmbeddingCache | None = None, feature_cache: FeatureCache | None = None,
+            on_progress: Progress | None = None) -> ChangeReport:
+        """Add new pins, and new images of known pins, from ``catalogue``; known images are left as they are.
+
+        Only the new images are encoded and their local features extracted
+        (none, when ``cache``/``feature_cache`` know their content), with the same
+        checks as a build: unreadable images are skipped and listed in the report.
+        The change is one new generation, written atomically; this object then answers from it.
+
+        Raises:
+            InputError: the index has CLIP vectors but was loaded with ``encoder=None``.
+            EncoderMismatchError: this object's encoder is not the index's.
+        """
+        return self._change("add", catalogue=catalogue, options=BuildOptions(
+            batch_size, workers, cache, feature_cache=feature_cache), on_progress=on_progress)
+
+    def update(self, catalogue: Catalogue, *, batch_size: int = 32, workers: int = 2,
+               cache: EmbeddingCache | None = None, feature_cache: FeatureCache | None = None,
+               on_progress: Progress | None = None) -> ChangeReport:
+        """Replace the name, metadata and images of every pin ``catalogue`` lists (pins not yet in the index are added).
+
+        Images whose content is already in the index under that pin are kept
+        as they are (not encoded again); the pin's other images are dropped.
+        A pin none of whose new images can be read is left as it was.
+        """
+        return self._change("update", catalogue=catalogue, options=BuildOptions(
+            batch_size, workers, cache, feature_cache=feature_cache), on_progress=on_progress)
+
+    def remove(self, pin_ids: Sequence[str]) -> ChangeReport:
+        """Remove these pins and all their images.
+
+        Raises:
+            InputError: an id is not in the index (nothing is removed), or none is given, or all of them are.
+        """
+        return self._change("remove", remove=list(pin_ids))
+
+    def _change(self, action: Action, **kwargs: Any) -> ChangeReport:
+        report = change_index(self.path, action, encoder=self.encoder, **kwargs)
+        self.reload()
+        return report
 
     def info(self) -> dict[str, Any]:
         """A summary of the manifest, for people and for `pinid info --json`."""
@@ -311,36 +395,78 @@ class PinIndex:
 
 
 # --------------------------------------------------------------------- checks
-def _load_recogniser(folder: Path, manifest: Manifest, table: PinTable) -> Recogniser:
-    store = LocalStore.load(folder / LOCAL_DIR)
-    if len(store.descriptors) != manifest.descriptors or set(store.image_ids.tolist()) != set(
-            table.image_ids.tolist()):
+_LOAD_ATTEMPTS = 5  # a reader retries when a writer swapped the directory while it was being read
+
+
+def read_generation(folder: Path) -> _Generation:
+    """Read every file of the generation that is at ``folder`` now, through one directory handle.
+
+    Writers never change a file in place; they swap in a whole new directory.
+    Opening each file relative to the directory opened first therefore reads
+    one generation only. If the directory is swapped and the old one deleted
+    while it is being read, the read fails and is retried on the new one.
+    """
+    for attempt in range(_LOAD_ATTEMPTS):
+        try:
+            descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            read_manifest(folder)  # raises the clear message (missing, not a directory...)
+            raise IndexFormatError(f"index {folder} cannot be opened") from None
+        try:
+            opened = os.fstat(descriptor)
+            through = Path(f"/proc/self/fd/{descriptor}")
+            by_handle = through.is_dir() and os.path.samestat(os.stat(through), opened)
+            try:
+                generation = _read_generation_files(through if by_handle else folder, folder)
+            except (IndexFormatError, OSError) as exc:
+                if attempt + 1 < _LOAD_ATTEMPTS and _swapped(folder, opened):
+                    continue
+                if isinstance(exc, OSError):
+                    raise IndexFormatError(f"index {folder} cannot be read ({exc.strerror or exc})") from None
+                raise IndexFormatError(str(exc).replace(str(through), str(folder))) from None
+            if by_handle or not _swapped(folder, opened):
+                return generation
+        finally:
+            os.close(descriptor)
+    raise IndexFormatError(f"index {folder} changed {_LOAD_ATTEMPTS} times while it was being read; try again")
+
+
+def _swapped(folder: Path, opened: os.stat_result) -> bool:
+    try:
+        return not os.path.samestat(os.stat(folder), opened)
+    except OSError:
+        return True
+
+
+def _read_generation_files(base: Path, folder: Path) -> _Generation:
+    manifest = read_manifest(base)
+    recorded = manifest.encoder
+    vectors = read_vectors(base / VECTORS_FILE) if recorded is not None else None
+    table = read_table(base / DATABASE_FILE)
+    counts = [len(table.image_ids)] + ([vectors.ntotal] if vectors is not None else [])
+    if any(count != manifest.images for count in counts):
+        raise IndexFormatError(
+            f"index {folder} is inconsistent: manifest lists {manifest.images} images, "
+            f"{DATABASE_FILE} has {len(table.image_ids)}"
+            + (f", {VECTORS_FILE} has {vectors.ntotal}" if vectors is not None else "") + "; rebuild it")
+    if vectors is not None and recorded is not None and vectors.d != recorded["embedding_dim"]:
+        raise IndexFormatError(f"index {folder}: {VECTORS_FILE} has dimension {vectors.d}, "
+                               f"manifest says {recorded['embedding_dim']}; rebuild it")
+    store = LocalStore.load(base / LOCAL_DIR, manifest.segments)
+    if not np.array_equal(store.image_ids, table.image_ids):
         raise IndexFormatError(f"index {folder} is inconsistent: its local features do not cover the same "
                                "images as the catalogue; rebuild it")
+    searcher = None
+    if vectors is not None:
+        searcher = ExactSearcher(vectors)
+        if not np.array_equal(np.sort(searcher.image_ids), table.image_ids):
+            raise IndexFormatError(f"index {folder} is inconsistent: {VECTORS_FILE} and {DATABASE_FILE} list "
+                                   "different images; rebuild it")
     config = manifest.config()
-    vocabulary = read_vocabulary(folder / VOCABULARY_FILE, len(store.descriptors), config=config.vote)
+    vocabulary = read_vocabulary(base / VOCABULARY_FILE, manifest.descriptors, config=config.vote)
     calibration = (Calibration.from_dict(manifest.calibration) if manifest.calibration
                    else default_calibration())
-    return Recogniser(store, vocabulary, table, calibration, config)
-
-
-def check_encoder(folder: Path, recorded: dict[str, Any], encoder: Encoder) -> None:
-    """Refuse to query an index with another model, other weights or other preprocessing."""
-    current = encoder.identity()
-    built_with = EncoderSpec(recorded["model"], recorded.get("pretrained")).describe()
-    same_weights = (recorded.get("weights_sha256") == current["weights_sha256"]
-                    if recorded.get("weights_sha256") else built_with == encoder.spec.describe())
-    problems = []
-    if not same_weights:
-        problems.append("different weights")
-    if recorded.get("embedding_dim") != current["embedding_dim"]:
-        problems.append(f"dimension {current['embedding_dim']} vs {recorded.get('embedding_dim')}")
-    if recorded.get("preprocess") != current["preprocess"]:
-        problems.append("different preprocessing")
-    if problems:
-        raise EncoderMismatchError(
-            f"index {folder} was built with encoder {built_with} but is queried with "
-            f"{encoder.spec.describe()} ({', '.join(problems)}); use the same encoder or rebuild the index")
+    return _Generation(manifest, searcher, table, Recogniser(store, vocabulary, table, calibration, config))
 
 
 def _check_positive(**values: int) -> None:

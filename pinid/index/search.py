@@ -39,6 +39,11 @@ class ExactSearcher:
         self._matrix = torch.from_numpy(matrix)
         self._ids = faiss.vector_to_array(index.id_map).astype(np.int64)
 
+    @property
+    def image_ids(self) -> np.ndarray:
+        """The image id of every stored vector, in storage order."""
+        return self._ids
+
     def search(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, image ids), each (queries, depth), best first."""
         import torch

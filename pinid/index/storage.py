@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,13 +49,23 @@ def write_database(path: Path, rows: Sequence[tuple[PinRecord, list[tuple[int, P
         connection.close()
 
 
-def read_table(path: Path) -> PinTable:
-    """The pin table, checked: every image belongs to a pin, every pin's metadata is a JSON object."""
-    where = path.parent
-    if not path.is_file():
-        raise IndexFormatError(f"index {where} is damaged: {path.name} is missing; rebuild it")
+def read_table(path: Path, where: Path | None = None) -> PinTable:
+    """The pin table, checked: every image belongs to a pin, every pin's metadata is a JSON object.
+
+    The file is read whole through ``path`` and queried in memory: SQLite
+    would otherwise open it again by name (resolving symbolic links), which
+    could reach another generation of the index than the one ``path`` leads to.
+    ``where`` names the index in messages (default: the file's folder).
+    """
+    where = where or path.parent
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise IndexFormatError(f"index {where} is damaged: {path.name} is missing; rebuild it") from None
+    except OSError as exc:
+        raise IndexFormatError(f"index {where}: {path.name} cannot be read ({exc.strerror or exc})") from None
+    try:
+        connection = _in_memory(content, path)
         try:
             pin_rows = connection.execute("SELECT pin_row, pin_id, name, metadata FROM pins").fetchall()
             images = connection.execute("SELECT image_id, pin_row, path FROM images ORDER BY image_id").fetchall()
@@ -82,22 +93,87 @@ def read_table(path: Path) -> PinTable:
     return PinTable(image_ids, image_pin_rows, pins, {row[0]: row[2] for row in images})
 
 
-def write_vectors(path: Path, vectors: np.ndarray) -> None:
+def _in_memory(content: bytes, path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(":memory:")
+    if hasattr(connection, "deserialize"):  # Python 3.11+
+        connection.deserialize(content)
+        return connection
+    connection.close()  # Python 3.10: open the file by its absolute name (not resolved)
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+
+
+@dataclass(frozen=True)
+class TableChange:
+    """What one change does to the SQLite table: pins dropped, pins written (new or replaced), images added/dropped."""
+
+    drop_pins: Sequence[str] = ()
+    write_pins: Sequence[PinRecord] = ()
+    drop_images: Sequence[int] = ()
+    add_images: Sequence[tuple[str, int, Path, str]] = ()  # (pin id, image id, path, sha256)
+    move_images: Sequence[tuple[int, Path]] = ()  # (image id, new path): same content, found elsewhere now
+
+
+def apply_table_change(path: Path, change: TableChange) -> None:
+    """Apply ``change`` to the SQLite file at ``path`` (a copy in a new generation), in one transaction."""
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("PRAGMA foreign_keys = ON")
+        with connection:
+            connection.executemany("DELETE FROM images WHERE image_id = ?", [(int(i),) for i in change.drop_images])
+            connection.executemany("DELETE FROM pins WHERE pin_id = ?", [(p,) for p in change.drop_pins])
+            for pin in change.write_pins:
+                metadata = dumps(pin.metadata, default=str)
+                updated = connection.execute("UPDATE pins SET name = ?, metadata = ? WHERE pin_id = ?",
+                                             (pin.name, metadata, pin.pin_id)).rowcount
+                if not updated:
+                    connection.execute("INSERT INTO pins (pin_id, name, metadata) VALUES (?, ?, ?)",
+                                       (pin.pin_id, pin.name, metadata))
+            rows = dict(connection.execute("SELECT pin_id, pin_row FROM pins").fetchall())
+            connection.executemany("INSERT INTO images VALUES (?, ?, ?, ?)",
+                                   [(int(image_id), rows[pin_id], str(image_path.resolve()), digest)
+                                    for pin_id, image_id, image_path, digest in change.add_images])
+            connection.executemany("UPDATE images SET path = ? WHERE image_id = ?",
+                                   [(str(image_path.resolve()), int(image_id))
+                                    for image_id, image_path in change.move_images])
+            connection.execute("DELETE FROM pins WHERE pin_row NOT IN (SELECT DISTINCT pin_row FROM images)")
+    finally:
+        connection.close()
+
+
+def read_digests(path: Path) -> dict[int, tuple[str, str]]:
+    """image id -> (pin id, sha256 of the image's content) for every image in the table at ``path``."""
+    connection = _in_memory(path.read_bytes(), path)
+    try:
+        rows = connection.execute("SELECT image_id, pin_id, sha256 FROM images JOIN pins USING (pin_row)").fetchall()
+    finally:
+        connection.close()
+    return {int(image_id): (pin_id, digest) for image_id, pin_id, digest in rows}
+
+
+def write_vectors(path: Path, index: Any) -> None:
     import faiss
 
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-    index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
     faiss.write_index(index, str(path))
 
 
-def read_vectors(path: Path) -> Any:
+def new_vectors(vectors: np.ndarray, image_ids: np.ndarray) -> Any:
+    """An exact inner-product index over ``vectors`` with their image ids (takes add and remove by id)."""
     import faiss
 
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(image_ids, np.int64))
+    return index
+
+
+def read_vectors(path: Path, where: Path | None = None) -> Any:
+    import faiss
+
+    where = where or path.parent
     if not path.is_file():
-        raise IndexFormatError(f"index {path.parent} is damaged: {path.name} is missing; rebuild it")
+        raise IndexFormatError(f"index {where} is damaged: {path.name} is missing; rebuild it")
     try:
         return faiss.read_index(str(path))
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else str(exc)
-        raise IndexFormatError(f"index {path.parent} is damaged: {path.name} cannot be read ({detail}); "
+        raise IndexFormatError(f"index {where} is damaged: {path.name} cannot be read ({detail}); "
                                "rebuild it") from None

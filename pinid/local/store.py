@@ -1,73 +1,211 @@
 """The ``local/`` arrays of an index: every reference image's features, memory-mapped, no pickle.
 
-Layout (``INDEX_DIR/local``): ``descriptors.npy`` (n, 64) uint8 codes,
+The store is a list of immutable *segments*, one per build or change that
+added images, so that adding images writes only the new ones (the unchanged
+segments are hard-linked into the next index generation). Layout of one
+segment (``INDEX_DIR/local/NNNNNN``): ``descriptors.npy`` (n, 64) uint8 codes,
 ``keypoints.npy`` (n, 4) float16 x/y/size/angle, ``images.npy`` (images, 3)
-int64 (image id, first row, end row), ``geometry.npy`` (images, 6) float32
-(width, height, pin box), ``colour.npy`` (images, 48, 48, 4) uint8 Lab
-thumbnail and pin mask. Read with ``allow_pickle=False``.
+int64 (image id, first row, end row, rows local to the segment), ``geometry.npy``
+(images, 6) float32 (width, height, pin box), ``colour.npy`` (images, 48, 48, 4)
+uint8 Lab thumbnail and pin mask. Read with ``allow_pickle=False``.
+
+Each segment owns a range of *global rows* (``first_row`` to ``first_row +
+rows``, never reused): the ids the vote's vocabulary returns. Removing an
+image rewrites only its segment's small per-image tables; its descriptors
+stay behind as dead rows that no live image and no vocabulary entry refers
+to, until the segment has no live image left (then it is dropped) or a
+rebuild compacts the store.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from ..errors import IndexFormatError
 from .features import DESCRIPTOR_DIMS, THUMBNAIL_SIDE, Features, ReferenceEntry
 
+_NAMES = ("descriptors", "keypoints", "images", "geometry", "colour")
+_PER_IMAGE = ("images", "geometry", "colour")  # rewritten when images are removed
+_SHARED = ("descriptors", "keypoints")  # written once, hard-linked ever after
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment as the manifest lists it: its folder under ``local/``, first global row and row count."""
+
+    name: str
+    first_row: int
+    rows: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "first_row": self.first_row, "rows": self.rows}
+
+
+class _Part:
+    """One loaded segment: memory-mapped arrays plus its live images, sorted by first row."""
+
+    def __init__(self, folder: Path, base: int) -> None:
+        try:
+            arrays = [np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in _NAMES]
+        except (OSError, ValueError) as exc:
+            raise IndexFormatError(f"local features are missing or damaged ({exc})") from None
+        self.descriptors, self.keypoints, images, geometry, self.colour = arrays
+        images = np.asarray(images, dtype=np.int64)
+        if (self.descriptors.ndim != 2 or self.descriptors.shape[1] != DESCRIPTOR_DIMS
+                or self.keypoints.shape != (len(self.descriptors), 4)
+                or images.ndim != 2 or images.shape[1] != 3 or len(geometry) != len(images)
+                or len(self.colour) != len(images)
+                or (len(images) and (images[:, 1].min() < 0 or images[:, 2].max() > len(self.descriptors)
+                                     or (images[:, 2] < images[:, 1]).any()))):
+            raise IndexFormatError("local feature arrays disagree in shape")
+        order = np.argsort(images[:, 1], kind="stable")
+        self.images = images[order]
+        self.positions = order  # row of geometry/colour for each image in self.images
+        self.geometry = np.asarray(geometry, dtype=np.float32)
+        self.base = base
+
+    def image_of_rows(self, local_rows: np.ndarray) -> np.ndarray:
+        """The image id owning each local row, -1 for a dead row (its image was removed)."""
+        if not len(self.images):
+            return np.full(local_rows.shape, -1, np.int64)
+        slot = np.searchsorted(self.images[:, 1], local_rows, side="right") - 1
+        slot_safe = np.maximum(slot, 0)
+        live = (slot >= 0) & (local_rows < self.images[slot_safe, 2])
+        return np.where(live, self.images[slot_safe, 0], -1)
+
+
+class _Gathered:
+    """A read-only view over one array split across segments, indexed by global row (any index shape)."""
+
+    def __init__(self, parts: Sequence[_Part], pick: str) -> None:
+        self._parts = parts
+        self._pick = pick
+        self._bases = np.array([part.base for part in parts], dtype=np.int64)
+        self._total = max((part.base + len(part.descriptors) for part in parts), default=0)
+        self.shape: tuple[int, ...] = (self._total,) if pick == "image" else (self._total, 4)
+
+    def __len__(self) -> int:
+        return self._total
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        flat = rows.reshape(-1)
+        which = np.searchsorted(self._bases, flat, side="right") - 1
+        if self._pick == "image":
+            out = np.full(len(flat), -1, np.int64)
+        else:
+            out = np.zeros((len(flat), 4), np.float32)
+        for number in np.unique(which):
+            part = self._parts[int(number)]
+            mask = which == number
+            local = flat[mask] - part.base
+            if self._pick == "image":
+                out[mask] = part.image_of_rows(local)
+            else:
+                out[mask] = part.keypoints[local]
+        return out.reshape(rows.shape) if self._pick == "image" else out.reshape(*rows.shape, 4)
+
+
 class LocalStore:
-    """All reference entries of an index, memory-mapped from ``INDEX_DIR/local``."""
+    """All live reference entries of an index, memory-mapped from its ``local/`` segments.
 
-    _NAMES = ("descriptors", "keypoints", "images", "geometry", "colour")
+    ``keypoints`` and ``row_image`` are indexed by global row (what the
+    vocabulary returns); ``row_image`` gives -1 for a dead row. Nothing is read
+    into memory beyond the per-image tables: features are read on demand.
+    """
 
-    def __init__(self, descriptors: np.ndarray, keypoints: np.ndarray, images: np.ndarray, geometry: np.ndarray,
-                 colour: np.ndarray) -> None:
-        self.descriptors = descriptors
-        self.keypoints = keypoints
-        self.image_ids = np.asarray(images[:, 0], dtype=np.int64)
-        self._rows = {int(image_id): (int(start), int(end), position)
-                      for position, (image_id, start, end) in enumerate(np.asarray(images))}
-        self._geometry = np.asarray(geometry, dtype=np.float32)
-        self._colour = colour
-        self.row_image = np.repeat(self.image_ids, np.asarray(images[:, 2] - images[:, 1], dtype=np.int64))
+    def __init__(self, parts: list[_Part], segments: list[Segment]) -> None:
+        self._parts = parts
+        self.segments = segments
+        self._rows: dict[int, tuple[int, int, int, int]] = {}  # image id -> (part, start, end, position)
+        for number, part in enumerate(parts):
+            for (image_id, start, end), position in zip(part.images.tolist(), part.positions.tolist()):
+                if image_id in self._rows:
+                    raise IndexFormatError(f"local features list image {image_id} twice")
+                self._rows[image_id] = (number, start, end, position)
+        self.image_ids = np.array(sorted(self._rows), dtype=np.int64)
+        self.keypoints = _Gathered(parts, "keypoints")
+        self.row_image = _Gathered(parts, "image")
+
+    @property
+    def next_row(self) -> int:
+        """The first global row after every segment: where a new segment starts."""
+        return max((segment.first_row + segment.rows for segment in self.segments), default=0)
+
+    @property
+    def live_rows(self) -> int:
+        return sum(end - start for _, start, end, _ in self._rows.values())
 
     def __contains__(self, image_id: int) -> bool:
         return int(image_id) in self._rows
 
     def entry(self, image_id: int) -> ReferenceEntry:
-        start, end, position = self._rows[int(image_id)]
-        width, height, x0, y0, x1, y1 = (float(v) for v in self._geometry[position])
-        features = Features(np.asarray(self.keypoints[start:end], dtype=np.float32),
-                            np.asarray(self.descriptors[start:end]), int(width), int(height))
-        return ReferenceEntry(features, (x0, y0, x1, y1), np.asarray(self._colour[position]))
+        number, start, end, position = self._rows[int(image_id)]
+        part = self._parts[number]
+        width, height, x0, y0, x1, y1 = (float(v) for v in part.geometry[position])
+        features = Features(np.asarray(part.keypoints[start:end], dtype=np.float32),
+                            np.asarray(part.descriptors[start:end]), int(width), int(height))
+        return ReferenceEntry(features, (x0, y0, x1, y1), np.asarray(part.colour[position]))
 
     def feature_count(self, image_id: int) -> int:
-        start, end, _ = self._rows[int(image_id)]
+        _, start, end, _ = self._rows[int(image_id)]
         return end - start
 
+    def global_rows(self, image_ids: Iterable[int]) -> np.ndarray:
+        """The global rows of these images' descriptors (for adding them to or removing them from a vocabulary)."""
+        chunks = []
+        for image_id in image_ids:
+            number, start, end, _ = self._rows[int(image_id)]
+            base = self._parts[number].base
+            chunks.append(np.arange(base + start, base + end, dtype=np.int64))
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+
+    def live_descriptors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(global rows, descriptors) of every live image, in row order: what a vocabulary is built from."""
+        rows, descriptors = [], []
+        for part in self._parts:
+            for _, start, end in part.images.tolist():
+                rows.append(np.arange(part.base + start, part.base + end, dtype=np.int64))
+                descriptors.append(np.asarray(part.descriptors[start:end]))
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, DESCRIPTOR_DIMS), np.uint8)
+        return np.concatenate(rows), np.concatenate(descriptors)
+
     @classmethod
-    def load(cls, folder: Path) -> "LocalStore":
-        """Memory-map the arrays in ``folder`` (an index's ``local/``) and check their shapes agree."""
+    def load(cls, folder: Path, segments: Sequence[Segment]) -> "LocalStore":
+        """Memory-map the listed segments of ``folder`` (an index's ``local/``) and check their shapes agree."""
         index_dir = folder.parent
+        parts, end = [], 0
+        for segment in segments:
+            if segment.first_row < end:
+                raise IndexFormatError(f"index {index_dir}: local segment {segment.name} overlaps the one "
+                                       "before it; rebuild it")
+            end = segment.first_row + segment.rows
+            try:
+                part = _Part(folder / segment.name, segment.first_row)
+            except IndexFormatError as exc:
+                raise IndexFormatError(f"index {index_dir}: segment {segment.name}: {exc}; rebuild it") from None
+            if len(part.descriptors) != segment.rows:
+                raise IndexFormatError(f"index {index_dir}: local segment {segment.name} holds "
+                                       f"{len(part.descriptors)} rows, the manifest says {segment.rows}; rebuild it")
+            parts.append(part)
         try:
-            arrays = [np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in cls._NAMES]
-        except (OSError, ValueError) as exc:
-            raise IndexFormatError(f"index {index_dir}: local features are missing or damaged ({exc}); "
-                                   "rebuild it") from None
-        descriptors, keypoints, images, geometry, colour = arrays
-        rows = int(images[:, 2].max()) if len(images) else 0
-        if (descriptors.ndim != 2 or descriptors.shape[1] != DESCRIPTOR_DIMS
-                or keypoints.shape != (len(descriptors), 4)
-                or images.ndim != 2 or images.shape[1] != 3 or len(geometry) != len(images)
-                or len(colour) != len(images) or rows != len(descriptors)):
-            raise IndexFormatError(f"index {index_dir}: local feature arrays disagree in shape; rebuild it")
-        return cls(descriptors, keypoints, images, geometry, colour)
+            return cls(parts, list(segments))
+        except IndexFormatError as exc:
+            raise IndexFormatError(f"index {index_dir}: {exc}; rebuild it") from None
 
 
-def write_local_store(folder: Path, entries: Iterable[tuple[int, ReferenceEntry]]) -> np.ndarray:
-    """Write (image_id, entry) pairs as the ``local/`` arrays; returns the descriptors for the vocabulary."""
+def segment_name(number: int) -> str:
+    return f"{number:06d}"
+
+
+def write_segment(folder: Path, entries: Iterable[tuple[int, ReferenceEntry]]) -> tuple[int, np.ndarray]:
+    """Write (image_id, entry) pairs as one new segment folder; returns (rows, descriptors) for the vocabulary."""
     folder.mkdir(parents=True, exist_ok=True)
     descriptors, keypoints, images, geometry, colour = [], [], [], [], []
     row = 0
@@ -83,7 +221,48 @@ def write_local_store(folder: Path, entries: Iterable[tuple[int, ReferenceEntry]
     np.save(folder / "descriptors.npy", all_descriptors)
     all_keypoints = np.concatenate(keypoints) if keypoints else np.zeros((0, 4), np.float32)
     np.save(folder / "keypoints.npy", all_keypoints.astype(np.float16))
-    np.save(folder / "images.npy", np.array(images, dtype=np.int64).reshape(-1, 3))
-    np.save(folder / "geometry.npy", np.array(geometry, dtype=np.float32).reshape(-1, 6))
-    np.save(folder / "colour.npy", np.array(colour, dtype=np.uint8).reshape(-1, THUMBNAIL_SIDE, THUMBNAIL_SIDE, 4))
-    return all_descriptors
+    _save_per_image(folder, np.array(images, dtype=np.int64).reshape(-1, 3),
+                    np.array(geometry, dtype=np.float32).reshape(-1, 6),
+                    np.array(colour, dtype=np.uint8).reshape(-1, THUMBNAIL_SIDE, THUMBNAIL_SIDE, 4))
+    return row, all_descriptors
+
+
+def copy_segment(source: Path, target: Path, keep: frozenset[int] | None = None) -> None:
+    """Carry a segment into a new generation: its big arrays hard-linked (copied where links fail),
+    its per-image tables linked too, or rewritten without the images not in ``keep``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _SHARED:
+        _link_or_copy(source / f"{name}.npy", target / f"{name}.npy")
+    images = np.load(source / "images.npy", allow_pickle=False)
+    if keep is None or all(int(i) in keep for i in images[:, 0]):
+        for name in _PER_IMAGE:
+            _link_or_copy(source / f"{name}.npy", target / f"{name}.npy")
+        return
+    mask = np.array([int(i) in keep for i in images[:, 0]], dtype=bool)
+    geometry = np.load(source / "geometry.npy", allow_pickle=False)
+    colour = np.load(source / "colour.npy", mmap_mode="r", allow_pickle=False)
+    _save_per_image(target, images[mask], geometry[mask], np.asarray(colour[mask]))
+
+
+def _save_per_image(folder: Path, images: np.ndarray, geometry: np.ndarray, colour: np.ndarray) -> None:
+    np.save(folder / "images.npy", images)
+    np.save(folder / "geometry.npy", geometry)
+    np.save(folder / "colour.npy", colour)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links: copy (the change then writes the whole store)
+        import shutil
+
+        shutil.copyfile(source, target)
+
+
+def write_local_store(folder: Path, entries: Iterable[tuple[int, ReferenceEntry]]) -> np.ndarray:
+    """A whole store as one segment (``folder/000000``); returns the descriptors. For tests and tools."""
+    _, descriptors = write_segment(folder / segment_name(0), entries)
+    return descriptors
+
+
+__all__ = ["LocalStore", "Segment", "copy_segment", "segment_name", "write_local_store", "write_segment"]

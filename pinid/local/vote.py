@@ -54,14 +54,19 @@ class VoteConfig(Config):
         check(self.scale_bin_octaves > 0, "scale_bin_octaves must be above 0")
 
 
-def build_vocabulary(descriptors: np.ndarray, seed: int = 0, *, config: VoteConfig = VoteConfig()) -> Any:
-    """A FAISS index over all reference descriptors (ids = descriptor rows)."""
+def build_vocabulary(descriptors: np.ndarray, seed: int = 0, *, rows: np.ndarray | None = None,
+                     config: VoteConfig = VoteConfig()) -> Any:
+    """A FAISS index over reference descriptors whose ids are their global store rows (default 0..n-1).
+
+    Both kinds take ``add_with_ids`` and ``remove_ids``, so a change to the
+    index adds and removes only the descriptors of the images it touches.
+    """
     import faiss
 
     data = np.ascontiguousarray(descriptors, dtype=np.float32).reshape(len(descriptors), DESCRIPTOR_DIMS)
     count = len(data)
     if count <= config.exact_search_max_descriptors:
-        index = faiss.IndexFlatL2(DESCRIPTOR_DIMS)
+        index = faiss.IndexIDMap2(faiss.IndexFlatL2(DESCRIPTOR_DIMS))
     else:
         lists = int(min(4 * math.sqrt(count), count // 40, config.max_inverted_lists))
         quantiser = faiss.IndexFlatL2(DESCRIPTOR_DIMS)
@@ -71,9 +76,39 @@ def build_vocabulary(descriptors: np.ndarray, seed: int = 0, *, config: VoteConf
         # FAISS wants >= 39 training points per list (and says so on stderr otherwise)
         sample = data[np.random.default_rng(seed).permutation(count)[:40 * lists]]
         index.train(sample)
-    if count:
-        index.add(data)
+        index.nprobe = config.inverted_lists_probed
+    add_descriptors(index, data, np.arange(count, dtype=np.int64) if rows is None else rows)
     return index
+
+
+def outgrown(index: Any, count: int, config: VoteConfig = VoteConfig()) -> bool:
+    """True when an exact (flat) vocabulary would hold more than ``count`` allows: rebuild it as an inverted file."""
+    return not hasattr(_inverted(index), "nlist") and count > config.exact_search_max_descriptors
+
+
+def add_descriptors(index: Any, descriptors: np.ndarray, rows: np.ndarray) -> None:
+    """Add descriptors under their global store rows."""
+    if len(descriptors):
+        index.add_with_ids(np.ascontiguousarray(descriptors, dtype=np.float32).reshape(-1, DESCRIPTOR_DIMS),
+                           np.ascontiguousarray(rows, dtype=np.int64))
+
+
+def remove_descriptors(index: Any, rows: np.ndarray) -> int:
+    """Remove the descriptors with these global rows; returns how many were removed."""
+    if not len(rows):
+        return 0
+    import faiss
+
+    return int(index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))))
+
+
+def _inverted(index: Any) -> Any:
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return index
 
 
 def write_vocabulary(index: Any, path: Path) -> None:
@@ -93,13 +128,9 @@ def read_vocabulary(path: Path, expected: int, *, config: VoteConfig = VoteConfi
     if index.ntotal != expected or index.d != DESCRIPTOR_DIMS:
         raise IndexFormatError(f"{path} holds {index.ntotal} descriptors, the local store {expected}; "
                                "rebuild the index")
-    if hasattr(index, "nprobe"):
-        index.nprobe = config.inverted_lists_probed
-    else:
-        try:
-            faiss.extract_index_ivf(index).nprobe = config.inverted_lists_probed
-        except RuntimeError:
-            pass
+    inverted = _inverted(index)
+    if hasattr(inverted, "nprobe"):
+        inverted.nprobe = config.inverted_lists_probed
     return index
 
 

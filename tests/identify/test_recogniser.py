@@ -14,7 +14,7 @@ from pinid.identify.confidence import RANKING_FEATURES, Calibration, default_cal
 from pinid.identify.pin_table import PinRow, PinTable
 from pinid.identify.recogniser import CandidateConfig, LocalConfig, Recogniser
 from pinid.local.features import FeatureConfig, reference_entry
-from pinid.local.store import LocalStore, write_local_store
+from pinid.local.store import LocalStore, Segment, write_local_store
 from pinid.local.verify import VerifyConfig
 from pinid.local.vote import VoteConfig, build_vocabulary
 from tests.support import PERSPECTIVE, background, pin, place, recolour
@@ -33,7 +33,7 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, object,
     table = PinTable(ids, ids.copy(), {i: PinRow(pin_id, pin_id, {"design": design})
                                        for i, (pin_id, design, _) in SHOTS.items()},
                      {i: f"{pin_id}.png" for i, (pin_id, _, _) in SHOTS.items()})
-    return LocalStore.load(folder), build_vocabulary(descriptors), table
+    return LocalStore.load(folder, [Segment("000000", 0, len(descriptors))]), build_vocabulary(descriptors), table
 
 
 def recogniser(parts: tuple[LocalStore, object, PinTable], config: LocalConfig = LocalConfig()) -> Recogniser:

@@ -275,7 +275,7 @@ def test_a_large_reference_image_is_reduced_before_local_features(tmp_path: Path
         draw_pin_image(len(name), size=side).save(root / name / "front.png")
     report = build_index(read_catalogue(root), tmp_path / "idx", None)
     assert report.images == 2 and not report.skipped
-    geometry = np.load(tmp_path / "idx" / "local" / "geometry.npy")
+    geometry = np.load(tmp_path / "idx" / "local" / "000000" / "geometry.npy")
     assert sorted(geometry[:, 0].tolist()) == [128, REFERENCE_LONG_SIDE_PX]
     assert geometry[:, 2:].max() <= REFERENCE_LONG_SIDE_PX  # pin boxes in the reduced image's pixels
 

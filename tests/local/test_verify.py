@@ -200,7 +200,7 @@ def test_damaged_local_features_are_refused(local_index: PinIndex, tmp_path: Pat
 
     copy = tmp_path / "idx"
     shutil.copytree(local_index.path, copy)
-    descriptors = copy / "local" / "descriptors.npy"
+    descriptors = copy / "local" / "000000" / "descriptors.npy"
     descriptors.write_bytes(descriptors.read_bytes()[:-4096])
     with pytest.raises(IndexFormatError, match="local features"):
         PinIndex.load(copy)
@@ -216,7 +216,7 @@ def test_pickled_arrays_are_not_loaded(local_index: PinIndex, tmp_path: Path) ->
 
     copy = tmp_path / "idx"
     shutil.copytree(local_index.path, copy)
-    np.save(copy / "local" / "images.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    np.save(copy / "local" / "000000" / "images.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(IndexFormatError, match="local features"):
         PinIndex.load(copy)
 

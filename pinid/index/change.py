@@ -1,0 +1,383 @@
+"""Changing an index in place: add, update and remove pins, each change a new generation.
+
+A change reads the current generation, does its work (encoding and local
+features of *new* images only, with the same validation as a build: bad
+images are skipped and listed), then writes the next generation into a fresh
+sibling directory and swaps it in atomically (``pinid._atomic``), under the
+same writer lock as a build. What does not change is hard-linked, not copied:
+
+* local-feature segments: linked; one new segment holds the added images;
+  a segment that lost images gets new small per-image tables;
+* the SQLite table: copied and edited (it holds paths and metadata only);
+* ``vectors.faiss`` and ``local_vocabulary.faiss``: loaded, edited by id
+  (only the changed vectors and descriptors are added or removed) and written
+  whole, since FAISS files cannot be appended to. This is where writing grows
+  with the index (about 2 KB per image and 64 B per descriptor), not with the change.
+
+``kill -9`` at any point leaves the old generation in place; the next writer
+clears what the dead one left (``pinid._atomic.output_lock``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from .._atomic import output_lock, replace_directory_atomically
+from ..catalogue import Catalogue, PinRecord
+from ..encoder.cache import sha256_or_reason
+from ..encoder.clip import Encoder
+from ..errors import CatalogueError, IndexFormatError, InputError
+from ..local.store import LocalStore, Segment, copy_segment, segment_name, write_segment
+from ..local.vote import add_descriptors, build_vocabulary, outgrown, read_vocabulary, remove_descriptors, \
+    write_vocabulary
+from ..results import Progress
+from .build import BuildOptions, encode_paths, reference_entries
+from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, MAX_CHANGES, VECTORS_FILE, VOCABULARY_FILE, Manifest,
+                     check_encoder, is_index_directory, read_manifest)
+from .storage import TableChange, apply_table_change, read_digests, read_vectors, write_vectors
+
+Action = Literal["add", "update", "remove"]
+
+
+@dataclass(frozen=True)
+class ChangeReport:
+    """What a change did, for the summary a user reads (and ``pinid info``'s change log)."""
+
+    action: str
+    generation: int
+    pins_added: list[str] = field(default_factory=list)
+    pins_replaced: list[str] = field(default_factory=list)
+    pins_removed: list[str] = field(default_factory=list)
+    images_added: int = 0
+    images_removed: int = 0
+    unchanged: int = 0  # images already in the index with the same content (not encoded again)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        """False when the catalogue held nothing new: no new generation was written."""
+        return bool(self.pins_added or self.pins_replaced or self.pins_removed or self.images_added
+                    or self.images_removed)
+
+    def log_entry(self) -> dict[str, Any]:
+        """The manifest's record of this change (pin lists cut to a few names)."""
+        def some(pins: list[str]) -> dict[str, Any]:
+            return {"count": len(pins), "first": pins[:5]}
+
+        return {"generation": self.generation, "action": self.action,
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "pins_added": some(self.pins_added), "pins_replaced": some(self.pins_replaced),
+                "pins_removed": some(self.pins_removed), "images_added": self.images_added,
+                "images_removed": self.images_removed, "skipped": len(self.skipped)}
+
+
+def check_index_target(target: str | os.PathLike) -> Path:
+    """An existing index directory to change (symlinks followed), or ``InputError``/``IndexFormatError``."""
+    text = os.fspath(target)
+    if not str(text).strip():
+        raise InputError("index path is empty")
+    folder = Path(os.path.realpath(Path(text).expanduser()))
+    read_manifest(folder)  # missing, not a directory, not an index, other version: one clear message
+    if not is_index_directory(folder):
+        raise InputError(f"{text} holds files that are not part of a pinid index; pinid changes only an index")
+    return folder
+
+
+def change_index(target: str | os.PathLike, action: Action, *, catalogue: Catalogue | None = None,
+                 remove: Sequence[str] = (), encoder: Encoder | None = None,
+                 options: BuildOptions = BuildOptions(), on_progress: Progress | None = None) -> ChangeReport:
+    """Add, update (replace or add) or remove pins of the index at ``target`` as one new generation.
+
+    ``options.config`` is ignored: a change always uses the settings the index was built with.
+    """
+    started = time.perf_counter()
+    folder = check_index_target(target)
+    if catalogue is not None:
+        _check_apart(folder, catalogue)
+    with output_lock(folder):
+        current = _Current.read(folder, encoder)
+        options = replace(options, config=current.manifest.config())
+        if action == "remove":
+            plan = current.plan_removal(remove)
+        else:
+            assert catalogue is not None
+            plan = current.plan_catalogue(catalogue, replace_pins=action == "update")
+        added = _prepare_images(plan, current, encoder, options, on_progress)
+        report = current.commit(action, plan, added, options, started)
+    return report
+
+
+def replace_manifest(target: str | os.PathLike, edit: Callable[[Manifest], Manifest]) -> Manifest:
+    """A new generation whose manifest is ``edit(manifest)`` and every other file the same (hard-linked)."""
+    folder = check_index_target(target)
+    with output_lock(folder):
+        manifest = read_manifest(folder)
+        updated = edit(manifest)
+        updated = replace(updated, generation=manifest.generation + 1)
+
+        def write(staging: Path) -> None:
+            for entry in folder.iterdir():
+                if entry.name == MANIFEST_FILE:
+                    continue
+                _link_tree(entry, staging / entry.name)
+            (staging / MANIFEST_FILE).write_bytes(updated.to_json())
+
+        replace_directory_atomically(folder, write, is_replaceable=is_index_directory, locked=True)
+    return updated
+
+
+# ----------------------------------------------------------------------------------------------- planning
+@dataclass
+class _Plan:
+    """What a change will do, decided before any image is read."""
+
+    drop_pins: list[str] = field(default_factory=list)  # removed whole
+    drop_images: set[int] = field(default_factory=set)
+    write_pins: dict[str, PinRecord] = field(default_factory=dict)  # new or replaced pins
+    new_pins: set[str] = field(default_factory=set)
+    add_paths: list[tuple[str, Path, str]] = field(default_factory=list)  # (pin id, path, sha256 hex)
+    move_images: list[tuple[int, Path]] = field(default_factory=list)
+    replaced_images: dict[str, set[int]] = field(default_factory=dict)  # pin -> its old images an update drops
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Added:
+    """The new images that could be read: their pins, paths, digests, vectors and local features."""
+
+    owners: list[str]
+    paths: list[Path]
+    digests: list[str]
+    vectors: np.ndarray | None
+    entries: list[Any]
+
+
+class _Current:
+    """The generation a change starts from, loaded under the writer lock."""
+
+    def __init__(self, folder: Path, manifest: Manifest, digests: dict[int, tuple[str, str]],
+                 store: LocalStore, vectors: Any, encoder: Encoder | None) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.digests = digests
+        self.store = store
+        self.vectors = vectors
+        self.encoder = encoder
+        self.pin_images: dict[str, list[int]] = {}
+        for image_id, (pin_id, _) in sorted(digests.items()):
+            self.pin_images.setdefault(pin_id, []).append(image_id)
+
+    @classmethod
+    def read(cls, folder: Path, encoder: Encoder | None) -> "_Current":
+        manifest = read_manifest(folder)
+        if manifest.encoder is not None:
+            if encoder is None:
+                raise InputError(f"index {folder} has CLIP vectors: changing it needs its encoder (load the index "
+                                 "with its encoder, or pass --model/--pretrained for the same weights)")
+            check_encoder(folder, manifest.encoder, encoder)
+            vectors = read_vectors(folder / VECTORS_FILE)
+        else:
+            vectors = None
+        try:
+            digests = read_digests(folder / DATABASE_FILE)
+        except Exception as exc:  # sqlite3.DatabaseError and OSError, as one message
+            raise IndexFormatError(f"index {folder}: {DATABASE_FILE} cannot be read ({exc}); rebuild it") from None
+        store = LocalStore.load(folder / LOCAL_DIR, manifest.segments)
+        if set(store.image_ids.tolist()) != set(digests) or (vectors is not None and vectors.ntotal != len(digests)):
+            raise IndexFormatError(f"index {folder} is inconsistent (its files disagree on the images); rebuild it")
+        return cls(folder, manifest, digests, store, vectors, encoder)
+
+    def plan_removal(self, pin_ids: Sequence[str]) -> _Plan:
+        wanted = list(dict.fromkeys(pin_ids))
+        if not wanted:
+            raise InputError("name at least one pin id to remove")
+        unknown = [pin_id for pin_id in wanted if pin_id not in self.pin_images]
+        if unknown:
+            raise InputError(f"not in index {self.folder}: {', '.join(unknown[:10])}"
+                             + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "") + "; nothing removed")
+        if len(wanted) == len(self.pin_images):
+            raise InputError(f"removing every pin would leave index {self.folder} empty; delete the folder instead")
+        plan = _Plan(drop_pins=wanted)
+        for pin_id in wanted:
+            plan.drop_images.update(self.pin_images[pin_id])
+        return plan
+
+    def plan_catalogue(self, catalogue: Catalogue, *, replace_pins: bool) -> _Plan:
+        """``add``: new pins and new images of known pins. ``update``: also replace known pins' images and metadata."""
+        plan = _Plan(skipped=list(catalogue.skipped))
+        for pin in catalogue.pins:
+            known = pin.pin_id in self.pin_images
+            have = {self.digests[i][1]: i for i in self.pin_images.get(pin.pin_id, [])}
+            listed: dict[str, Path] = {}
+            for path in pin.images:
+                digest = sha256_or_reason(path)
+                if isinstance(digest, str):
+                    plan.skipped.append((str(path), digest))
+                    continue
+                listed.setdefault(digest.hex(), path)
+            if not known:
+                plan.new_pins.add(pin.pin_id)
+                plan.write_pins[pin.pin_id] = pin
+            elif replace_pins:
+                plan.write_pins[pin.pin_id] = pin
+                plan.replaced_images[pin.pin_id] = {i for digest, i in have.items() if digest not in listed}
+            for digest, path in listed.items():
+                if digest in have:
+                    plan.unchanged += 1
+                    if replace_pins:
+                        plan.move_images.append((have[digest], path))
+                else:
+                    plan.add_paths.append((pin.pin_id, path, digest))
+        return plan
+
+    # --------------------------------------------------------------------------------------------- commit
+    def commit(self, action: str, plan: _Plan, added: _Added, options: BuildOptions, started: float
+               ) -> ChangeReport:
+        manifest = self.manifest
+        gained = set(added.owners)
+        skipped = list(plan.skipped)
+        pins_added, pins_replaced = [], []
+        for pin_id in list(plan.write_pins):
+            if pin_id in plan.new_pins:
+                if pin_id in gained:
+                    pins_added.append(pin_id)
+                else:
+                    del plan.write_pins[pin_id]
+                    skipped.append((pin_id, "pin left out: none of its images could be read"))
+            else:
+                old = plan.replaced_images.get(pin_id, set())
+                keeps_some = len(old) < len(self.pin_images[pin_id])
+                if old and not keeps_some and pin_id not in gained:
+                    del plan.write_pins[pin_id]  # nothing readable would be left: keep the pin as it was
+                    skipped.append((pin_id, "pin not updated: none of its new images could be read"))
+                    continue
+                plan.drop_images.update(old)
+                pins_replaced.append(pin_id)
+        drop_images = sorted(plan.drop_images)
+        if not drop_images and not added.paths and not plan.write_pins and not plan.move_images:
+            return ChangeReport(action, manifest.generation, unchanged=plan.unchanged, skipped=skipped,
+                                seconds=time.perf_counter() - started)
+        first_id = manifest.next_image_id
+        new_ids = np.arange(first_id, first_id + len(added.paths), dtype=np.int64)
+        live = frozenset(set(self.digests) - set(drop_images)) | frozenset(new_ids.tolist())
+        report = ChangeReport(action, manifest.generation + 1, pins_added, pins_replaced, list(plan.drop_pins),
+                              len(added.paths), len(drop_images), plan.unchanged, skipped,
+                              time.perf_counter() - started)
+
+        def write(staging: Path) -> None:
+            shutil.copyfile(self.folder / DATABASE_FILE, staging / DATABASE_FILE)
+            apply_table_change(staging / DATABASE_FILE, TableChange(
+                drop_pins=plan.drop_pins, write_pins=list(plan.write_pins.values()), drop_images=drop_images,
+                add_images=[(owner, int(image_id), path, digest) for owner, image_id, path, digest
+                            in zip(added.owners, new_ids, added.paths, added.digests)],
+                move_images=plan.move_images))
+            if self.vectors is not None:
+                self.vectors.remove_ids(np.asarray(drop_images, dtype=np.int64))
+                if added.vectors is not None and len(new_ids):
+                    self.vectors.add_with_ids(np.ascontiguousarray(added.vectors, np.float32), new_ids)
+                write_vectors(staging / VECTORS_FILE, self.vectors)
+            segments = self._carry_segments(staging / LOCAL_DIR, live)
+            if len(new_ids):
+                number = max((int(s.name) for s in manifest.segments), default=-1) + 1
+                first_row = self.store.next_row
+                rows, descriptors = write_segment(staging / LOCAL_DIR / segment_name(number),
+                                                  zip(new_ids.tolist(), added.entries))
+                segments.append(Segment(segment_name(number), first_row, rows))
+                new_rows = np.arange(first_row, first_row + rows, dtype=np.int64)
+            else:
+                descriptors, new_rows = np.zeros((0, 0), np.uint8), np.zeros(0, np.int64)
+            live_descriptors = self._write_vocabulary(staging, drop_images, descriptors, new_rows, segments)
+            counts = {"pins": len(set(self.pin_images) - set(plan.drop_pins)) + len(pins_added),
+                      "images": len(live)}
+            updated = replace(manifest, generation=report.generation, pins=counts["pins"], images=counts["images"],
+                              next_image_id=first_id + len(new_ids),
+                              local_features={**manifest.local_features, "descriptors": live_descriptors,
+                                              "segments": [s.to_dict() for s in segments]},
+                              changes=(manifest.changes + [report.log_entry()])[-MAX_CHANGES:])
+            (staging / MANIFEST_FILE).write_bytes(updated.to_json())
+
+        replace_directory_atomically(self.folder, write, is_replaceable=is_index_directory, locked=True)
+        return replace(report, seconds=time.perf_counter() - started)
+
+    def _carry_segments(self, local: Path, live: frozenset[int]) -> list[Segment]:
+        """Link the segments that keep live images into the new generation; drop those with none left."""
+        segments = []
+        for segment in self.manifest.segments:
+            source = self.folder / LOCAL_DIR / segment.name
+            images = np.load(source / "images.npy", allow_pickle=False)
+            if len(images) and not any(int(i) in live for i in images[:, 0]):
+                continue  # only dead rows left: the segment goes
+            copy_segment(source, local / segment.name, keep=live)
+            segments.append(segment)
+        return segments
+
+    def _write_vocabulary(self, staging: Path, drop_images: list[int], descriptors: np.ndarray,
+                          new_rows: np.ndarray, segments: list[Segment]) -> int:
+        config = self.manifest.config().vote
+        vocabulary = read_vocabulary(self.folder / VOCABULARY_FILE, self.manifest.descriptors, config=config)
+        remove_descriptors(vocabulary, self.store.global_rows(drop_images))
+        add_descriptors(vocabulary, descriptors, new_rows)
+        if outgrown(vocabulary, int(vocabulary.ntotal), config):  # grown past exact search: train an inverted file
+            store = LocalStore.load(staging / LOCAL_DIR, segments)
+            rows, live = store.live_descriptors()
+            vocabulary = build_vocabulary(live, rows=rows, config=config)
+        write_vocabulary(vocabulary, staging / VOCABULARY_FILE)
+        return int(vocabulary.ntotal)
+
+
+def _prepare_images(plan: _Plan, current: _Current, encoder: Encoder | None, options: BuildOptions,
+                    on_progress: Progress | None) -> _Added:
+    """Encode and extract the plan's new images (only those), skipping and listing the unreadable."""
+    paths = [path for _, path, _ in plan.add_paths]
+    if not paths:
+        return _Added([], [], [], None, [])
+    if current.manifest.encoder is not None:
+        assert encoder is not None
+        encoded = encode_paths(paths, encoder, options, on_progress)
+        plan.skipped.extend((str(paths[i]), reason) for i, reason in encoded.failures)
+        ok = list(encoded.ok)
+        vectors: np.ndarray | None = encoded.vectors
+    else:
+        ok, vectors = list(range(len(paths))), None
+    entries, failures = reference_entries([paths[i] for i in ok], options, on_progress)
+    plan.skipped.extend((str(paths[ok[i]]), reason) for i, reason in failures)
+    kept = [i for i, entry in enumerate(entries) if entry is not None]
+    chosen = [ok[i] for i in kept]
+    return _Added([plan.add_paths[i][0] for i in chosen], [paths[i] for i in chosen],
+                  [plan.add_paths[i][2] for i in chosen],
+                  None if vectors is None else np.ascontiguousarray(vectors[kept]),
+                  [entries[i] for i in kept])
+
+
+def _check_apart(folder: Path, catalogue: Catalogue) -> None:
+    source = catalogue.source.resolve()
+    if source == folder or folder in source.parents:
+        raise InputError(f"catalogue {catalogue.source} is inside the index {folder}")
+    if not catalogue.pins:
+        raise CatalogueError(f"catalogue {catalogue.source} lists no pins")
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link a file, or a folder's files recursively (copy where links are not possible)."""
+    if source.is_dir():
+        target.mkdir()
+        for entry in source.iterdir():
+            _link_tree(entry, target / entry.name)
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+__all__ = ["ChangeReport", "change_index", "check_index_target", "replace_manifest"]
