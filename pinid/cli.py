@@ -66,8 +66,8 @@ def cli() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="threads for image decoding, local features and self-calibration")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="embedding cache folder: rebuilds encode only new or changed images, "
-                   "and an interrupted build resumes")
+              help="cache folder for embeddings and local features, keyed by file content: rebuilds and "
+                   "`pinid add` encode and extract only new or changed images, and an interrupted build resumes")
 @click.option("--reset-cache", is_flag=True, help="discard the cache (e.g. made by another encoder) first")
 @click.option("--no-calibrate", is_flag=True,
               help="keep the calibration shipped with pinid (by default a catalogue of 50 pins or more is "
@@ -94,24 +94,27 @@ def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | No
     from .errors import InputError
     from .index import PinIndex
     from .index.build import check_output
+    from .local.features import FeatureConfig
 
     _set_threads(threads)
-    if encoder_kind == "local" and (model or pretrained or cache_dir):
-        raise InputError("--encoder local uses no model: drop --model, --pretrained and --cache")
+    if encoder_kind == "local" and (model or pretrained):
+        raise InputError("--encoder local uses no model: drop --model and --pretrained")
     check_output(output, catalogue)  # before the catalogue is read or the model loaded: bad -o costs nothing
     records = read_catalogue(catalogue)
     encoder = None
-    cache = None
+    cache = feature_cache = None
     if encoder_kind == "clip":
         spec = _requested_spec(model, pretrained)
         encoder = Encoder.load(spec, device=device, offline=offline)
-        if cache_dir is not None:
-            from .encoder.cache import EmbeddingCache
-
-            cache = EmbeddingCache.open(cache_dir, encoder.identity(), reset=reset_cache)
-    with _stages(quiet) as on_progress:
-        index = PinIndex.build(records, output, encoder, batch_size=batch_size, workers=workers, cache=cache,
-                               on_progress=on_progress)
+    if cache_dir is not None:
+        cache, feature_cache = _open_caches(cache_dir, encoder, FeatureConfig(), reset=reset_cache)
+    try:
+        with _stages(quiet) as on_progress:
+            index = PinIndex.build(records, output, encoder, batch_size=batch_size, workers=workers, cache=cache,
+                                   feature_cache=feature_cache, on_progress=on_progress)
+    finally:
+        if feature_cache is not None:
+            feature_cache.close()
     report = index.build_report
     assert report is not None
     described = "none (local features only)" if encoder is None else encoder.spec.describe()
@@ -256,6 +259,134 @@ def search(query: tuple[str, ...], index_dir: Path, k: int, as_json: bool, devic
         click.echo(f"  {match.rank:>4}  {plain(match.pin_id):<{width}}  {match.similarity:6.3f}  {plain(match.name)}")
 
 
+def _change_options(function: Any) -> Any:
+    """The options `pinid add` and `pinid update` share with build-index."""
+    for option in reversed([
+            _model_option, _pretrained_option,
+            click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+            click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+                         help="threads for image decoding and local features"),
+            click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+                         help="cache folder (as for build-index): images it knows are not encoded or "
+                              "extracted again"),
+            _device_option, _offline_option, _threads_option,
+            click.option("-q", "--quiet", is_flag=True, help="no progress bar")]):
+        function = option(function)
+    return function
+
+
+@cli.command("add")
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("catalogue", type=click.Path(path_type=Path))
+@_change_options
+def add_command(index_dir: Path, catalogue: Path, **options: Any) -> None:
+    """Add CATALOGUE's new pins, and new images of pins already in INDEX_DIR, without a rebuild.
+
+    Only new images are encoded and their local features extracted; pins and
+    images already in the index are left as they are (`pinid update` replaces
+    them). The change is written as a new generation of the index, in one
+    atomic step: readers see the index before it or after it, never between.
+    """
+    _change(index_dir, "add", catalogue, **options)
+
+
+@cli.command("update")
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("catalogue", type=click.Path(path_type=Path))
+@_change_options
+def update_command(index_dir: Path, catalogue: Path, **options: Any) -> None:
+    """Replace the name, metadata and images of every pin CATALOGUE lists (new pins are added).
+
+    Images whose content is already in the index are kept without re-encoding;
+    a pin's images that the catalogue no longer lists are dropped. A pin none of
+    whose new images can be read is left as it was (and listed).
+    """
+    _change(index_dir, "update", catalogue, **options)
+
+
+@cli.command("remove")
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("pin_ids", nargs=-1, required=True)
+def remove_command(index_dir: Path, pin_ids: tuple[str, ...]) -> None:
+    """Remove pins (by PIN_IDS) and all their images from INDEX_DIR, as one new generation.
+
+    An id not in the index is an error and nothing is removed.
+    """
+    from .index.change import change_index
+
+    report = change_index(index_dir, "remove", remove=list(pin_ids))
+    click.echo(f"Removed {len(report.pins_removed)} pins ({report.images_removed} images) from {plain(str(index_dir))}: "
+               f"generation {report.generation}, {report.seconds:.1f} s")
+
+
+def _change(index_dir: Path, action: str, catalogue: Path, *, model: str | None, pretrained: str | None,
+            batch_size: int, workers: int, cache_dir: Path | None, device: str, offline: bool | None,
+            threads: int | None, quiet: bool) -> None:
+    from .catalogue import read_catalogue
+    from .encoder import Encoder, EncoderSpec
+    from .errors import InputError
+    from .index.build import BuildOptions
+    from .index.change import change_index, check_index_target
+
+    _set_threads(threads)
+    folder = check_index_target(index_dir)  # before the catalogue is read or the model loaded
+    from .index.format import read_manifest
+
+    if read_manifest(folder).encoder is None and (model or pretrained):
+        raise InputError(f"index {index_dir} has local features only: --model/--pretrained do not apply")
+    manifest = read_manifest(folder)
+    recorded = manifest.encoder
+    records = read_catalogue(catalogue)
+    encoder = None
+    cache = feature_cache = None
+    if recorded is not None:
+        spec = EncoderSpec(model or recorded["model"], pretrained if (model or pretrained) else recorded.get("pretrained"))
+        encoder = Encoder.load(spec, device=device, offline=offline)
+    if cache_dir is not None:
+        cache, feature_cache = _open_caches(cache_dir, encoder, manifest.config().features, reset=False)
+    try:
+        with _stages(quiet) as on_progress:
+            report = change_index(folder, action, catalogue=records, encoder=encoder,  # type: ignore[arg-type]
+                                  options=BuildOptions(batch_size, workers, cache, feature_cache=feature_cache),
+                                  on_progress=on_progress)
+    finally:
+        if feature_cache is not None:
+            feature_cache.close()
+    if not report.changed:
+        click.echo(f"Nothing to {action} in {plain(str(index_dir))}: {report.unchanged} images already in it "
+                   f"(generation {report.generation} unchanged)")
+    else:
+        parts = []
+        if report.pins_added:
+            parts.append(f"{len(report.pins_added)} new pins")
+        if report.pins_replaced:
+            parts.append(f"{len(report.pins_replaced)} pins replaced")
+        parts.append(f"{report.images_added} images added")
+        if report.images_removed:
+            parts.append(f"{report.images_removed} dropped")
+        if report.unchanged:
+            parts.append(f"{report.unchanged} unchanged")
+        click.echo(f"{'Added to' if action == 'add' else 'Updated'} {plain(str(index_dir))}: {', '.join(parts)}; "
+                   f"generation {report.generation}, {report.seconds:.1f} s")
+    _print_skipped(report.skipped)
+
+
+def _print_skipped(skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        click.echo(f"Skipped {len(skipped)}:")
+        for where, why in skipped:
+            click.echo(f"  {plain(where)}: {plain(why)}")
+
+
+def _open_caches(cache_dir: Path, encoder: Any, features: Any, *, reset: bool) -> tuple[Any, Any]:
+    """The embedding cache (CLIP indexes only) in CACHE_DIR, and the local-feature cache in CACHE_DIR/local-features."""
+    from .encoder.cache import FEATURE_CACHE_DIR, EmbeddingCache
+    from .local.cache import FeatureCache
+
+    cache = EmbeddingCache.open(cache_dir, encoder.identity(), reset=reset) if encoder is not None else None
+    return cache, FeatureCache.open(cache_dir / FEATURE_CACHE_DIR, features, reset=reset)
+
+
 @cli.command()
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
@@ -272,7 +403,8 @@ def info(index_dir: Path, as_json: bool) -> None:
              f"format:     {summary['format']} v{summary['format_version']} (pinid {summary['pinid_version']})",
              f"built:      {summary['created_at']}",
              f"pins:       {summary['counts']['pins']}",
-             f"images:     {summary['counts']['images']}"]
+             f"images:     {summary['counts']['images']}",
+             f"generation: {summary['generation']}" + _describe_last_change(summary["changes"])]
     if encoder is None:
         lines.append("encoder:    none (local features only)")
     else:
@@ -293,6 +425,24 @@ def info(index_dir: Path, as_json: bool) -> None:
         lines.append(f"self-test:  {_describe_self_test(tested)}")
     lines.append(f"catalogue:  {plain(summary['catalogue']['source'])}")
     click.echo("\n".join(lines))
+
+
+def _describe_last_change(changes: list[Any]) -> str:
+    """`` (last change: add 2026-11-26T17:20:00+00:00, +3 pins, +5 images; 4 changes since the build)``."""
+    if not changes or not isinstance(changes[-1], dict):
+        return ""
+    last = changes[-1]
+    details = []
+    for key, sign in (("pins_added", "+"), ("pins_replaced", "~"), ("pins_removed", "-")):
+        count = last.get(key, {}).get("count", 0) if isinstance(last.get(key), dict) else 0
+        if count:
+            details.append(f"{sign}{count} pins")
+    for key, sign in (("images_added", "+"), ("images_removed", "-")):
+        if last.get(key):
+            details.append(f"{sign}{last[key]} images")
+    since = sum(1 for change in changes if isinstance(change, dict) and change.get("action") != "build")
+    return (f" (last change: {plain(str(last.get('action')))} {plain(str(last.get('at')))}"
+            + (f", {', '.join(details)}" if details else "") + f"; {since} change(s) recorded since the build)")
 
 
 def _describe_weights(calibration: dict[str, Any]) -> str:

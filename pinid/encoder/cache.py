@@ -11,6 +11,7 @@ at most the chunk in flight. Layout (no pickle; vectors are memory-mapped)::
       chunk-000001.vectors.npy   (n, d) float32, L2-normalised
       chunk-000001.hashes.npy    (n, WINDOWS) uint64 photo hashes
       chunk-000001.keys.npy      (n, 32) uint8 sha256 digests; written last, so it marks the chunk whole
+      local-features/            the local-feature cache (pinid.local.cache), when the same --cache is used
 
 A cache made by another encoder (or another photo-hash version) is refused
 with an ``EncoderMismatchError`` naming both, never silently mixed.
@@ -44,6 +45,7 @@ META_FILE = "cache.json"
 _CHUNK = re.compile(r"^chunk-(\d{6})\.keys\.npy$")
 _CHUNK_FILE = re.compile(r"^chunk-\d{6}\.(keys|vectors|hashes)\.npy$")
 _TEMPORARY = re.compile(r"^\.(cache\.json|chunk-\d{6}\.(keys|vectors|hashes)\.npy)\..+\.tmp$")  # write_file_atomically
+FEATURE_CACHE_DIR = "local-features"  # pinid.local.cache keeps local features here, beside the embeddings
 _COMPACT_ABOVE = 64  # merge small chunks once there are this many (daily runs add one or two each)
 
 
@@ -72,7 +74,7 @@ class EmbeddingCache:
         if path.exists() and not path.is_dir():
             raise InputError(f"cache {path} exists and is not a directory")
         meta_path = path / META_FILE
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and any(entry.name != FEATURE_CACHE_DIR for entry in path.iterdir()):
             if not meta_path.is_file():
                 raise InputError(f"cache {path} is not empty and is not a pinid embedding cache; "
                                  "choose another --cache")
@@ -229,7 +231,7 @@ def _recognisably_cache(folder: Path) -> bool:
     """Plain files with the cache's own names only, and chunk files among them or our format marker
     in ``cache.json`` (a truncated one still starts with it): a lone foreign ``cache.json`` is not ours.
     """
-    entries = list(folder.iterdir())
+    entries = [entry for entry in folder.iterdir() if entry.name != FEATURE_CACHE_DIR]
     if not all(entry.is_file() and not entry.is_symlink() and _is_cache_file(entry.name) for entry in entries):
         return False
     if any(_CHUNK_FILE.match(entry.name) for entry in entries):

@@ -30,7 +30,7 @@ from PIL import Image
 from .._atomic import output_lock, probe_writable, replace_directory_atomically
 from .._version import __version__
 from ..catalogue import Catalogue, PinRecord
-from ..encoder.cache import EmbeddingCache, EmbedOptions, embed_files
+from ..encoder.cache import EmbeddingCache, EmbedOptions, embed_files, sha256_or_reason
 from ..encoder.clip import EncodeResult, Encoder
 from ..errors import CatalogueError, ImageError, IndexFormatError, InputError
 from ..identify.confidence import default_calibration
@@ -203,13 +203,31 @@ def new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, im
 
 
 def reference_entries(paths: list[Path], options: BuildOptions, on_progress: Progress | None
-                       ) -> tuple[list[ReferenceEntry | None], list[tuple[int, str]]]:
-    """Local features of every reference image, in threads (OpenCV releases the GIL)."""
-    features = options.config.features
+                      ) -> tuple[list[ReferenceEntry | None], list[tuple[int, str]]]:
+    """Local features of every reference image, in threads (OpenCV releases the GIL).
 
-    def one(path: Path) -> ReferenceEntry | str:
+    With ``options.feature_cache``, contents it knows are not extracted again,
+    and each new entry is put there as soon as it is made: an interrupted build
+    resumes where it stopped.
+    """
+    features = options.config.features
+    cache = options.feature_cache
+    digests: list[bytes | None] = [None] * len(paths)
+    known: dict[int, ReferenceEntry] = {}
+    if cache is not None:
+        for position, path in enumerate(paths):
+            digest = sha256_or_reason(path)
+            if isinstance(digest, bytes):
+                digests[position] = digest
+                entry = cache.get(digest)
+                if entry is not None:
+                    known[position] = entry
+
+    def one(position: int) -> ReferenceEntry | str:
+        if position in known:
+            return known[position]
         try:
-            return reference_entry(reference_image(path, features), config=features)
+            return reference_entry(reference_image(paths[position], features), config=features)
         except ImageError as exc:
             return exc.reason
 
@@ -217,14 +235,19 @@ def reference_entries(paths: list[Path], options: BuildOptions, on_progress: Pro
     failures: list[tuple[int, str]] = []
     # on Ctrl-C or SIGTERM, map cancels what has not started
     with ThreadPoolExecutor(max(1, options.workers)) as pool:
-        for position, outcome in enumerate(pool.map(one, paths)):
+        for position, outcome in enumerate(pool.map(one, range(len(paths)))):
             if isinstance(outcome, str):
                 failures.append((position, outcome))
                 entries.append(None)
             else:
                 entries.append(outcome)
+                digest = digests[position]
+                if cache is not None and digest is not None and position not in known:
+                    cache.put(digest, outcome)
             if on_progress is not None:
                 on_progress("local features", position + 1, len(paths))
+    if cache is not None:
+        cache.flush()
     return entries, failures
 
 

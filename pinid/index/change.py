@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -35,14 +36,16 @@ from ..catalogue import Catalogue, PinRecord
 from ..encoder.cache import sha256_or_reason
 from ..encoder.clip import Encoder
 from ..errors import CatalogueError, IndexFormatError, InputError
+from ..identify.pin_table import PinTable
 from ..local.store import LocalStore, Segment, copy_segment, segment_name, write_segment
 from ..local.vote import add_descriptors, build_vocabulary, outgrown, read_vocabulary, remove_descriptors, \
     write_vocabulary
 from ..results import Progress
+from ..tables import dumps, parse_json
 from .build import BuildOptions, encode_paths, reference_entries
 from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, MAX_CHANGES, VECTORS_FILE, VOCABULARY_FILE, Manifest,
                      check_encoder, is_index_directory, read_manifest)
-from .storage import TableChange, apply_table_change, read_digests, read_vectors, write_vectors
+from .storage import TableChange, apply_table_change, read_digests, read_table, read_vectors, write_vectors
 
 Action = Literal["add", "update", "remove"]
 
@@ -165,7 +168,7 @@ class _Added:
 class _Current:
     """The generation a change starts from, loaded under the writer lock."""
 
-    def __init__(self, folder: Path, manifest: Manifest, digests: dict[int, tuple[str, str]],
+    def __init__(self, folder: Path, manifest: Manifest, digests: dict[int, tuple[str, str]], table: PinTable,
                  store: LocalStore, vectors: Any, encoder: Encoder | None) -> None:
         self.folder = folder
         self.manifest = manifest
@@ -173,6 +176,8 @@ class _Current:
         self.store = store
         self.vectors = vectors
         self.encoder = encoder
+        self.pins = {row.pin_id: row for row in table.pins.values()}
+        self.paths = table.image_paths
         self.pin_images: dict[str, list[int]] = {}
         for image_id, (pin_id, _) in sorted(digests.items()):
             self.pin_images.setdefault(pin_id, []).append(image_id)
@@ -188,14 +193,15 @@ class _Current:
             vectors = read_vectors(folder / VECTORS_FILE)
         else:
             vectors = None
+        table = read_table(folder / DATABASE_FILE)
         try:
             digests = read_digests(folder / DATABASE_FILE)
-        except Exception as exc:  # sqlite3.DatabaseError and OSError, as one message
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise IndexFormatError(f"index {folder}: {DATABASE_FILE} cannot be read ({exc}); rebuild it") from None
         store = LocalStore.load(folder / LOCAL_DIR, manifest.segments)
         if set(store.image_ids.tolist()) != set(digests) or (vectors is not None and vectors.ntotal != len(digests)):
             raise IndexFormatError(f"index {folder} is inconsistent (its files disagree on the images); rebuild it")
-        return cls(folder, manifest, digests, store, vectors, encoder)
+        return cls(folder, manifest, digests, table, store, vectors, encoder)
 
     def plan_removal(self, pin_ids: Sequence[str]) -> _Plan:
         wanted = list(dict.fromkeys(pin_ids))
@@ -228,17 +234,24 @@ class _Current:
             if not known:
                 plan.new_pins.add(pin.pin_id)
                 plan.write_pins[pin.pin_id] = pin
-            elif replace_pins:
+            elif replace_pins and not self._same(pin, have, listed):
                 plan.write_pins[pin.pin_id] = pin
                 plan.replaced_images[pin.pin_id] = {i for digest, i in have.items() if digest not in listed}
             for digest, path in listed.items():
                 if digest in have:
                     plan.unchanged += 1
-                    if replace_pins:
+                    if pin.pin_id in plan.write_pins:
                         plan.move_images.append((have[digest], path))
                 else:
                     plan.add_paths.append((pin.pin_id, path, digest))
         return plan
+
+    def _same(self, pin: PinRecord, have: dict[str, int], listed: dict[str, Path]) -> bool:
+        """Whether the index already holds ``pin`` exactly: name, metadata, image contents and paths."""
+        row = self.pins[pin.pin_id]
+        return (row.name == pin.name and row.metadata == parse_json(dumps(pin.metadata, default=str))
+                and set(have) == set(listed)
+                and all(self.paths[have[digest]] == str(path.resolve()) for digest, path in listed.items()))
 
     # --------------------------------------------------------------------------------------------- commit
     def commit(self, action: str, plan: _Plan, added: _Added, options: BuildOptions, started: float

@@ -88,7 +88,8 @@ class PinIndex:
     @classmethod
     def build(cls, catalogue: Catalogue, out_dir: str | os.PathLike, encoder: Encoder | None, *,
               batch_size: int = 32, workers: int = 2, cache: EmbeddingCache | None = None,
-              config: LocalConfig | None = None, on_progress: Progress | None = None) -> "PinIndex":
+              config: LocalConfig | None = None, feature_cache: FeatureCache | None = None,
+              on_progress: Progress | None = None) -> "PinIndex":
         """Encode every reference image, extract its local features and write a new index atomically.
 
         Args:
@@ -97,6 +98,7 @@ class PinIndex:
             encoder: a loaded :class:`Encoder`, or ``None`` for a local-features-only index (no model).
             cache: an ``EmbeddingCache`` keyed by file content: a rebuild encodes only new or
                 changed files, and an interrupted build resumes.
+            feature_cache: a ``pinid.local.cache.FeatureCache``, the same for local features.
             config: the local-feature settings (default ``LocalConfig()``), recorded in the manifest
                 and used by every query of this index.
             on_progress: ``(stage, done, total)`` for the stages "encoding" (CLIP only) and
@@ -113,7 +115,7 @@ class PinIndex:
             >>> index = PinIndex.build(read_catalogue("pins/"), "pins.index", Encoder.load())  # doctest: +SKIP
         """
         target = Path(out_dir).expanduser()
-        options = BuildOptions(batch_size, workers, cache, config or LocalConfig())
+        options = BuildOptions(batch_size, workers, cache, config or LocalConfig(), feature_cache)
         report = build_index(catalogue, target, encoder, options, on_progress)
         index = cls.load(target, encoder=encoder)
         index.build_report = report

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,10 +21,11 @@ from pinid.index import build as build_module
 from pinid.index.build import build_index, check_output
 from pinid.local.features import FeatureConfig
 
-REFERENCE_LONG_SIDE_PX = FeatureConfig().reference_long_side_px
+from pinid.index import PinIndex
 from pinid.index.format import is_index_directory
-
 from tests.support import draw_pin_image, run
+
+REFERENCE_LONG_SIDE_PX = FeatureConfig().reference_long_side_px
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -285,3 +287,48 @@ def test_normal_size_reference_images_are_used_as_they_are(tmp_path: Path) -> No
     image = draw_pin_image(3, size=1500)
     image.save(path)
     assert np.array_equal(np.asarray(build_module.reference_image(path)), np.asarray(image))
+
+
+def test_the_cache_covers_local_features_so_rebuilds_extract_nothing_and_an_interrupted_build_resumes(
+        tmp_path: Path, make_catalogue: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from pinid.local.cache import FeatureCache
+
+    root = make_catalogue(pins=6)
+    extracted: list[Path] = []
+    real = build_module.reference_image
+
+    def interrupted_after_three(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if len(extracted) == 3:
+            raise KeyboardInterrupt
+        extracted.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(build_module, "reference_image", interrupted_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        with FeatureCache.open(tmp_path / "cache" / "local-features", FeatureConfig()) as cache:
+            PinIndex.build(read_catalogue(root), tmp_path / "idx", None, workers=1, feature_cache=cache)
+    assert not (tmp_path / "idx").exists() and len(extracted) == 3
+
+    counted: list[Path] = []
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        counted.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(build_module, "reference_image", counting)
+    code, out, err = run(capsys, "build-index", root, "-o", tmp_path / "idx", "--encoder", "local",
+                         "--cache", tmp_path / "cache", "-q", "--no-calibrate")
+    assert code == 0, err
+    assert sorted(counted) == sorted(set(p for pin_dir in root.iterdir() for p in pin_dir.glob("*.png"))
+                                     - set(extracted))  # the three extracted before the interruption are reused
+    counted.clear()
+    code, out, err = run(capsys, "build-index", root, "-o", tmp_path / "idx", "--encoder", "local",
+                         "--cache", tmp_path / "cache", "-q", "--no-calibrate")
+    assert code == 0 and counted == []
+    fresh = PinIndex.build(read_catalogue(root), tmp_path / "fresh", None)
+    cached = PinIndex.load(tmp_path / "idx")
+    assert cached.manifest.descriptors == fresh.manifest.descriptors
+    for image_id in range(6):
+        a, b = cached.recogniser.store.entry(image_id), fresh.recogniser.store.entry(image_id)
+        assert np.array_equal(a.features.descriptors, b.features.descriptors)
+        assert np.array_equal(a.colour, b.colour) and a.pin_box == pytest.approx(b.pin_box)
