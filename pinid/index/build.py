@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -42,7 +42,8 @@ from ..local.vote import build_vocabulary, write_vocabulary
 from ..results import BuildReport, Progress, counting
 from .format import (DATABASE_FILE, FORMAT_VERSION, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest,
                      is_index_directory, read_manifest)
-from .storage import new_vectors, write_database, write_vectors
+from .storage import write_database, write_vectors
+from .vectors import VectorIndexSpec, add_vectors, choose_vector_index, new_vector_index, spec_of
 
 if TYPE_CHECKING:
     from ..local.cache import FeatureCache
@@ -112,6 +113,7 @@ class BuildOptions:
     workers: int = 2
     cache: EmbeddingCache | None = None  # content-keyed embeddings: rebuilds encode only new images
     config: LocalConfig = field(default_factory=LocalConfig)
+    index_type: str = "auto"  # the CLIP vector index: pinid.index.vectors.VECTOR_INDEX_TYPES
     feature_cache: FeatureCache | None = None  # content-keyed local features: rebuilds extract only new images
 
 
@@ -123,6 +125,7 @@ def build_index(catalogue: Catalogue, target: Path, encoder: Encoder | None, opt
     ``on_progress`` hears stages "encoding" (CLIP only) and "local features".
     """
     started = time.perf_counter()
+    choose_vector_index(0, options.index_type)  # an unknown type is refused before any work
     target = check_output(target, catalogue.source)
     with output_lock(target):
         return _build_locked(catalogue, target, encoder, options, on_progress, started)
@@ -157,19 +160,41 @@ def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, o
 
     def write(folder: Path) -> None:
         write_database(folder / DATABASE_FILE, list(rows.values()))
+        spec = None
         if vectors is not None:
-            write_vectors(folder / VECTORS_FILE, new_vectors(vectors, np.arange(len(vectors), dtype=np.int64)))
+            index = vector_index(vectors, np.arange(len(vectors), dtype=np.int64), options.index_type)
+            spec = spec_of(index)
+            write_vectors(folder / VECTORS_FILE, index)
         segment = segment_name(0)
         count, descriptors = write_segment(folder / LOCAL_DIR / segment,
                                            ((image_id, entries[i]) for image_id, i in enumerate(kept)))
         write_vocabulary(build_vocabulary(descriptors, config=options.config.vote), folder / VOCABULARY_FILE)
         manifest = new_manifest(encoder, catalogue, pins=len(rows), images=len(ok), descriptors=len(descriptors),
                                 config=options.config, segments=[Segment(segment, 0, count)],
-                                generation=_generation_after(target))
+                                generation=_generation_after(target), vectors=spec,
+                                index_type=options.index_type)
         (folder / MANIFEST_FILE).write_bytes(manifest.to_json())
 
     replace_directory_atomically(target, write, is_replaceable=is_index_directory, locked=True)
     return BuildReport(len(rows), len(ok), skipped, time.perf_counter() - started)
+
+
+def vector_index(vectors: np.ndarray, image_ids: np.ndarray, requested: str = "auto") -> Any:
+    """The CLIP vector index for these vectors, of the kind ``choose_vector_index`` picks for their count."""
+    spec = choose_vector_index(len(vectors), requested)
+    index = new_vector_index(spec, vectors.shape[1], vectors if spec.kind != "flat" else None)
+    add_vectors(index, vectors, image_ids)
+    return index
+
+
+def vectors_entry(spec: VectorIndexSpec, requested: str = "auto") -> dict[str, Any]:
+    """The manifest's ``vectors`` object: the FAISS index kind and parameters, and what was asked for."""
+    import faiss
+
+    kind = "IDMap2,Flat" if spec.kind == "flat" else \
+        f"IVF{spec.lists},{'SQ8' if spec.kind == 'ivf-sq8' else 'SQfp16'}"
+    return {"file": VECTORS_FILE, "faiss_index": kind, "metric": "inner_product",
+            "faiss_version": faiss.__version__, "index": spec.to_dict(), "requested": requested}
 
 
 def _generation_after(target: Path) -> int:
@@ -182,7 +207,7 @@ def _generation_after(target: Path) -> int:
 
 def new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, images: int,
                  descriptors: int, segments: list[Segment], config: LocalConfig = LocalConfig(),
-                 generation: int = 1) -> Manifest:
+                 generation: int = 1, vectors: VectorIndexSpec | None = None, index_type: str = "auto") -> Manifest:
     import cv2
     import faiss
 
@@ -191,8 +216,7 @@ def new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, im
         format_version=FORMAT_VERSION, pinid_version=__version__,
         created_at=created,
         encoder=None if encoder is None else encoder.identity(), pins=pins, images=images,
-        vectors=None if encoder is None else {"file": VECTORS_FILE, "faiss_index": "IDMap2,Flat",
-                                              "metric": "inner_product", "faiss_version": faiss.__version__},
+        vectors=None if encoder is None else vectors_entry(vectors or VectorIndexSpec("flat"), index_type),
         local_features={"kind": f"PCA{DESCRIPTOR_DIMS}-RootSIFT, 3 scales + 4 tilts, light and dark backdrop",
                         "max_per_image": config.features.max_reference_features, "descriptors": int(descriptors),
                         "vocabulary": VOCABULARY_FILE, "opencv_version": cv2.__version__,
@@ -293,4 +317,4 @@ def _rows_by_pin(owners: list[PinRecord], paths: list[Path], ok: list[int]
 
 
 __all__ = ["BuildOptions", "build_index", "check_output", "encode_paths", "new_manifest", "reference_entries",
-           "reference_image"]
+           "reference_image", "vector_index", "vectors_entry"]

@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from .._atomic import output_lock, replace_directory_atomically
+from .._atomic import output_lock, replace_directory_atomically, stale_siblings
 from ..catalogue import Catalogue, PinRecord
 from ..encoder.cache import sha256_or_reason
 from ..encoder.clip import Encoder
@@ -42,9 +42,10 @@ from ..local.vote import add_descriptors, build_vocabulary, outgrown, read_vocab
     write_vocabulary
 from ..results import Progress
 from ..tables import dumps, parse_json
-from .build import BuildOptions, encode_paths, reference_entries
+from .build import BuildOptions, encode_paths, reference_entries, vector_index, vectors_entry
 from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, MAX_CHANGES, VECTORS_FILE, VOCABULARY_FILE, Manifest,
                      check_encoder, is_index_directory, read_manifest)
+from .vectors import add_vectors, choose_vector_index, spec_of
 from .storage import TableChange, apply_table_change, read_digests, read_table, read_vectors, write_vectors
 
 Action = Literal["add", "update", "remove"]
@@ -89,6 +90,9 @@ def check_index_target(target: str | os.PathLike) -> Path:
     if not str(text).strip():
         raise InputError("index path is empty")
     folder = Path(os.path.realpath(Path(text).expanduser()))
+    if not os.path.lexists(folder) and any(p.name.startswith(f".{folder.name}.old-") for p in stale_siblings(folder)):
+        with output_lock(folder):  # a writer killed mid-swap (no renameat2) left only the backup: put it back
+            pass
     read_manifest(folder)  # missing, not a directory, not an index, other version: one clear message
     if not is_index_directory(folder):
         raise InputError(f"{text} holds files that are not part of a pinid index; pinid changes only an index")
@@ -294,11 +298,12 @@ class _Current:
                 add_images=[(owner, int(image_id), path, digest) for owner, image_id, path, digest
                             in zip(added.owners, new_ids, added.paths, added.digests)],
                 move_images=plan.move_images))
+            vectors_entry_now = manifest.vectors
             if self.vectors is not None:
-                self.vectors.remove_ids(np.asarray(drop_images, dtype=np.int64))
-                if added.vectors is not None and len(new_ids):
-                    self.vectors.add_with_ids(np.ascontiguousarray(added.vectors, np.float32), new_ids)
-                write_vectors(staging / VECTORS_FILE, self.vectors)
+                vectors = self._changed_vectors(drop_images, added.vectors, new_ids)
+                write_vectors(staging / VECTORS_FILE, vectors)
+                requested = str((manifest.vectors or {}).get("requested", "auto"))
+                vectors_entry_now = vectors_entry(spec_of(vectors, self._probes()), requested)
             segments = self._carry_segments(staging / LOCAL_DIR, live)
             if len(new_ids):
                 number = max((int(s.name) for s in manifest.segments), default=-1) + 1
@@ -313,6 +318,7 @@ class _Current:
             counts = {"pins": len(set(self.pin_images) - set(plan.drop_pins)) + len(pins_added),
                       "images": len(live)}
             updated = replace(manifest, generation=report.generation, pins=counts["pins"], images=counts["images"],
+                              vectors=vectors_entry_now,
                               next_image_id=first_id + len(new_ids),
                               local_features={**manifest.local_features, "descriptors": live_descriptors,
                                               "segments": [s.to_dict() for s in segments]},
@@ -321,6 +327,27 @@ class _Current:
 
         replace_directory_atomically(self.folder, write, is_replaceable=is_index_directory, locked=True)
         return replace(report, seconds=time.perf_counter() - started)
+
+    def _probes(self) -> int | None:
+        spec = (self.manifest.vectors or {}).get("index")
+        return int(spec["probes"]) if isinstance(spec, dict) and spec.get("probes") else None
+
+    def _changed_vectors(self, drop_images: list[int], vectors: np.ndarray | None, new_ids: np.ndarray) -> Any:
+        """The CLIP vector index less the dropped images, plus the new ones; an exact index grown past
+        the exact-search limit (with ``auto``) is rebuilt as the approximate kind its size calls for."""
+        index = self.vectors
+        index.remove_ids(np.asarray(drop_images, dtype=np.int64))
+        if vectors is not None and len(new_ids):
+            add_vectors(index, vectors, new_ids)
+        requested = str((self.manifest.vectors or {}).get("requested", "auto"))
+        wanted = choose_vector_index(int(index.ntotal), requested)
+        if wanted.kind != "flat" and spec_of(index).kind == "flat":
+            import faiss
+
+            flat = faiss.downcast_index(index.index)
+            every = faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d).copy()
+            index = vector_index(every, faiss.vector_to_array(index.id_map).astype(np.int64), requested)
+        return index
 
     def _carry_segments(self, local: Path, live: frozenset[int]) -> list[Segment]:
         """Link the segments that keep live images into the new generation; drop those with none left."""

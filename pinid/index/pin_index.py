@@ -32,7 +32,8 @@ from .build import BuildOptions, build_index
 from .change import Action, ChangeReport, change_index, replace_manifest
 from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest, check_encoder,
                      read_manifest)
-from .search import ExactSearcher, search_pins
+from .search import search_pins
+from .vectors import VectorIndexSpec, make_searcher
 from .storage import read_table, read_vectors
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class _Generation:
     """Everything read from one generation of an index directory (swapped whole by ``reload``)."""
 
     manifest: Manifest
-    searcher: ExactSearcher | None
+    searcher: Any  # ExactSearcher, or vectors.ApproximateSearcher for an IVF index; None without CLIP
     table: PinTable
     recogniser: Recogniser
 
@@ -76,7 +77,7 @@ class PinIndex:
         return self._state.recogniser
 
     @property
-    def _searcher(self) -> ExactSearcher | None:
+    def _searcher(self) -> Any:
         return self._state.searcher
 
     @property
@@ -89,7 +90,7 @@ class PinIndex:
     def build(cls, catalogue: Catalogue, out_dir: str | os.PathLike, encoder: Encoder | None, *,
               batch_size: int = 32, workers: int = 2, cache: EmbeddingCache | None = None,
               config: LocalConfig | None = None, feature_cache: FeatureCache | None = None,
-              on_progress: Progress | None = None) -> "PinIndex":
+              index_type: str = "auto", on_progress: Progress | None = None) -> "PinIndex":
         """Encode every reference image, extract its local features and write a new index atomically.
 
         Args:
@@ -99,6 +100,9 @@ class PinIndex:
             cache: an ``EmbeddingCache`` keyed by file content: a rebuild encodes only new or
                 changed files, and an interrupted build resumes.
             feature_cache: a ``pinid.local.cache.FeatureCache``, the same for local features.
+            index_type: the CLIP vector index: "auto" (exact up to 100,000 images, IVF with 8-bit
+                codes above), or "flat", "ivf-sq8", "ivf-fp16" to force one (recorded in the manifest;
+                later changes keep it).
             config: the local-feature settings (default ``LocalConfig()``), recorded in the manifest
                 and used by every query of this index.
             on_progress: ``(stage, done, total)`` for the stages "encoding" (CLIP only) and
@@ -115,7 +119,7 @@ class PinIndex:
             >>> index = PinIndex.build(read_catalogue("pins/"), "pins.index", Encoder.load())  # doctest: +SKIP
         """
         target = Path(out_dir).expanduser()
-        options = BuildOptions(batch_size, workers, cache, config or LocalConfig(), feature_cache)
+        options = BuildOptions(batch_size, workers, cache, config or LocalConfig(), index_type, feature_cache)
         report = build_index(catalogue, target, encoder, options, on_progress)
         index = cls.load(target, encoder=encoder)
         index.build_report = report
@@ -389,7 +393,7 @@ class PinIndex:
         return [Identification(_query_name(image), by_position.get(i, []), errors.get(i))
                 for i, image in enumerate(images)]
 
-    def _require_searcher(self) -> ExactSearcher:
+    def _require_searcher(self) -> Any:
         if self._searcher is None:
             raise LocalOnlyError(f"index {self.path} has local features only (--encoder local): CLIP search "
                                  "and --no-verify are not available")
@@ -460,8 +464,13 @@ def _read_generation_files(base: Path, folder: Path) -> _Generation:
                                "images as the catalogue; rebuild it")
     searcher = None
     if vectors is not None:
-        searcher = ExactSearcher(vectors)
-        if not np.array_equal(np.sort(searcher.image_ids), table.image_ids):
+        try:
+            spec = VectorIndexSpec.from_dict((manifest.vectors or {}).get("index", {"kind": "flat"}))
+        except IndexFormatError as exc:
+            raise IndexFormatError(f"index {folder}: {MANIFEST_FILE}: {exc}; rebuild it") from None
+        searcher = make_searcher(vectors, spec)
+        stored = getattr(searcher, "image_ids", None)
+        if stored is not None and not np.array_equal(np.sort(stored), table.image_ids):
             raise IndexFormatError(f"index {folder} is inconsistent: {VECTORS_FILE} and {DATABASE_FILE} list "
                                    "different images; rebuild it")
     config = manifest.config()

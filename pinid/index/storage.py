@@ -156,15 +156,6 @@ def write_vectors(path: Path, index: Any) -> None:
     faiss.write_index(index, str(path))
 
 
-def new_vectors(vectors: np.ndarray, image_ids: np.ndarray) -> Any:
-    """An exact inner-product index over ``vectors`` with their image ids (takes add and remove by id)."""
-    import faiss
-
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(image_ids, np.int64))
-    return index
-
-
 def read_vectors(path: Path, where: Path | None = None) -> Any:
     import faiss
 

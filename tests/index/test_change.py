@@ -243,3 +243,31 @@ def test_cli_add_update_remove_and_info(tmp_path: Path, capsys: pytest.CaptureFi
     assert code != 0 and "pinid: error:" in err
     answer = PinIndex.load(index_dir).identify(_photo(22))
     assert answer.matches[0].pin_id == "pin-2" and answer.matches[0].name == "Renamed"
+
+
+def test_an_approximate_vector_index_is_recorded_and_changed_in_place(tmp_path: Path, tiny_encoder: Encoder,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    start = tmp_path / "start"
+    for number in range(4):
+        _write_pin(start, f"pin-{number}", [10 + number])
+    code, out, err = run(capsys, "build-index", start, "-o", tmp_path / "idx", "--model",
+                         f"local-dir:{tiny_encoder.spec.model.split(':', 1)[1]}", "--index-type", "ivf-sq8", "-q")
+    assert code == 0, err
+    index = PinIndex.load(tmp_path / "idx")
+    vectors = index.manifest.vectors
+    assert vectors is not None and vectors["index"]["kind"] == "ivf-sq8" and vectors["requested"] == "ivf-sq8"
+    assert vectors["faiss_index"].startswith("IVF") and vectors["faiss_index"].endswith(",SQ8")
+    photo_vectors = tiny_encoder.encode_images([pin(seed) for seed in (10, 11, 12, 13)]).vectors
+    assert [found[0].pin_id for found in index.search(photo_vectors, k=1)] == [f"pin-{n}" for n in range(4)]
+
+    more = tmp_path / "more"
+    _write_pin(more, "pin-4", [14])
+    index.add(read_catalogue(more))
+    index.remove(["pin-0"])
+    assert index.manifest.vectors["index"]["kind"] == "ivf-sq8"
+    photo_vectors = tiny_encoder.encode_images([pin(seed) for seed in (11, 14)]).vectors
+    assert [found[0].pin_id for found in index.search(photo_vectors, k=1)] == ["pin-1", "pin-4"]
+    assert "pin-0" not in [m.pin_id for m in index.search(photo_vectors, k=10)[0]]
+    code, out, err = run(capsys, "build-index", start, "-o", tmp_path / "bad", "--encoder", "local",
+                         "--index-type", "hnsw")
+    assert code == 2 and "hnsw" in err
