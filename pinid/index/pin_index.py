@@ -9,6 +9,7 @@ shared by FAISS, SQLite and the local store. Nothing is pickled.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Literal, Sequence
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Collection, Literal, Sequence
 import numpy as np
 from PIL import Image
 
+from .._atomic import stale_siblings
 from ..catalogue import Catalogue
 from ..encoder.clip import Encoder, check_text_query
 from ..encoder.weights import EncoderSpec
@@ -416,6 +418,9 @@ def read_generation(folder: Path) -> _Generation:
         try:
             descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError:
+            if attempt + 1 < _LOAD_ATTEMPTS and _mid_swap(folder):
+                time.sleep(0.05 * (attempt + 1))  # a writer without renameat2 is between its two renames
+                continue
             read_manifest(folder)  # raises the clear message (missing, not a directory...)
             raise IndexFormatError(f"index {folder} cannot be opened") from None
         try:
@@ -435,6 +440,13 @@ def read_generation(folder: Path) -> _Generation:
         finally:
             os.close(descriptor)
     raise IndexFormatError(f"index {folder} changed {_LOAD_ATTEMPTS} times while it was being read; try again")
+
+
+def _mid_swap(folder: Path) -> bool:
+    """The index is missing but its backup is beside it: a writer is between the two renames of a swap
+    (systems without renameat2), or died there and the next writer will put the backup back."""
+    return not os.path.lexists(folder) and any(path.name.startswith(f".{folder.name}.old-")
+                                               for path in stale_siblings(folder))
 
 
 def _swapped(folder: Path, opened: os.stat_result) -> bool:

@@ -270,3 +270,21 @@ def test_a_change_that_deletes_the_generation_being_read_gives_the_new_one_whole
     assert state == _state(PinIndex.load(folder, encoder=None)) != old
     assert state["generation"] == 2 and state["pins"] == ["pin-000", "pin-002"]
     assert np.array_equal(state["images"], [0, 2])
+
+
+def test_a_reader_waits_out_a_swap_by_two_renames_and_names_a_dead_one_clearly(tmp_path: Path) -> None:
+    """Without renameat2 a writer renames the index away, then the new one in: a reader in between waits."""
+    import threading
+
+    index_dir, _ = _build(tmp_path, "idx", ["pin-a", "pin-b"], 3)
+    backup = index_dir.parent / f".{index_dir.name}.old-abcdefgh"
+    os.rename(index_dir, backup)
+    restorer = threading.Timer(0.1, os.rename, (backup, index_dir))
+    restorer.start()
+    try:
+        assert len(PinIndex.load(index_dir)) == 2
+    finally:
+        restorer.join()
+    os.rename(index_dir, backup)  # the writer died between its renames: no one puts it back
+    with pytest.raises(pin_index_module.IndexFormatError, match="does not exist"):
+        PinIndex.load(index_dir)
