@@ -49,6 +49,9 @@ from .config import Config, check
 DESCRIPTOR_DIMS = 64
 CODE_SCALE = 200.0  # PCA coordinates of unit RootSIFT stay within +-0.6 (99.99 %: 0.55): x200 + 128 fits uint8
 THUMBNAIL_SIDE = 48
+# Bump when reference_entry's output changes for the same FeatureConfig and PCA table: the local-feature
+# cache (pinid.local.cache) keys entries on it, so older entries then stop being returned.
+EXTRACTION_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,14 @@ class FeatureConfig(Config):
               "view sides must be at least 1 px")
         check(0 <= self.dark_backdrop_grey <= 255, "dark_backdrop_grey must be 0..255")
         check(0 <= self.foreground_difference_above <= 255, "foreground_difference_above must be 0..255")
+
+    @classmethod
+    def fast(cls) -> "FeatureConfig":
+        """Fewer, smaller simulated views (two tilt directions, tilted views at 288 and 144 px): reference
+        extraction takes about half the CPU time of the default views (scripts/bench_local_features.py
+        --fast). Not the default: on one 270-photo sample its recall@1 was within noise of the default's,
+        and a larger sample has not been scored yet."""
+        return cls(tilt_directions_deg=(0, 90), tilted_view_long_sides_px=(288, 144))
 
 
 @dataclass(frozen=True)
@@ -184,14 +195,22 @@ def _views(width: int, height: int, config: FeatureConfig) -> list[tuple[np.ndar
     return views
 
 
-def _on_dark_backdrop(image: Image.Image, config: FeatureConfig) -> Image.Image:
-    """The pin cut out (by its mask, edges softened) and laid on a dark grey backdrop."""
+def _on_dark_backdrop(image: Image.Image, config: FeatureConfig, rgb: np.ndarray | None = None,
+                      mask: np.ndarray | None = None) -> Image.Image:
+    """The pin cut out (by its mask, edges softened) and laid on a dark grey backdrop.
+
+    ``rgb`` and ``mask`` (the image's RGB pixels and ``pin_mask``) may be
+    passed when the caller has them already: the same values, computed once.
+    """
     import cv2
 
-    mask = cv2.erode(pin_mask(image, config=config), np.ones((3, 3), np.uint8))
-    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)[..., None]
-    pixels = np.asarray(image.convert("RGB")).astype(np.float32)
-    return Image.fromarray((pixels * soft + config.dark_backdrop_grey * (1 - soft)).clip(0, 255).astype(np.uint8))
+    rgb = np.asarray(image.convert("RGB")) if rgb is None else rgb
+    mask = pin_mask(image, config=config, rgb=rgb) if mask is None else mask
+    soft = cv2.GaussianBlur(cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(np.float32), (0, 0), 0.8)[..., None]
+    pixels = rgb.astype(np.float32)  # pixels * soft + grey * (1 - soft), in place: the same float32 steps
+    pixels *= soft
+    pixels += config.dark_backdrop_grey * (1 - soft)
+    return Image.fromarray(np.clip(pixels, 0, 255, out=pixels).astype(np.uint8))
 
 
 def reference_features(image: Image.Image, max_features: int | None = None, *,
@@ -203,9 +222,15 @@ def reference_features(image: Image.Image, max_features: int | None = None, *,
     strongest keypoints); points found in a tilted view keep that view's
     descriptor, which is the one a tilted photo will show.
     """
+    return _reference_features(image, max_features, config, np.asarray(image.convert("RGB")), None)
+
+
+def _reference_features(image: Image.Image, max_features: int | None, config: FeatureConfig, rgb: np.ndarray,
+                        mask: np.ndarray | None) -> Features:
     max_features = config.max_reference_features if max_features is None else max_features
     light = _view_features(image, max(1, max_features // 2), config)
-    dark = _view_features(_on_dark_backdrop(image, config), max(1, max_features - max_features // 2), config)
+    dark = _view_features(_on_dark_backdrop(image, config, rgb, mask), max(1, max_features - max_features // 2),
+                          config)
     return Features(np.concatenate([light.keypoints, dark.keypoints]),
                     np.concatenate([light.descriptors, dark.descriptors]), image.width, image.height)
 
@@ -215,9 +240,16 @@ def _view_images(grey: np.ndarray, config: FeatureConfig) -> Iterator[tuple[np.n
     import cv2
 
     height, width = grey.shape
+    last: tuple[np.ndarray, np.ndarray] | None = None  # views of one tilt differ only in size: warp once
     for affine, side in _views(width, height, config):
-        warped = grey if np.allclose(affine, np.eye(3)) else cv2.warpAffine(
-            grey, affine[:2], (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if np.allclose(affine, np.eye(3)):
+            warped = grey
+        elif last is not None and np.array_equal(last[0], affine):
+            warped = last[1]
+        else:
+            warped = cv2.warpAffine(grey, affine[:2], (width, height), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE)
+            last = (affine, warped)
         scale = min(1.0, side / max(width, height))
         view = cv2.resize(warped, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else warped
         yield affine, scale, view
@@ -258,14 +290,21 @@ def _view_features(image: Image.Image, max_features: int, config: FeatureConfig)
                     encode_descriptors(np.concatenate(all_descriptors))[:max_features], width, height)
 
 
-def pin_mask(image: Image.Image, *, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
-    """Where the pin is in a product shot: pixels that differ from the backdrop (the border's median)."""
+def pin_mask(image: Image.Image, *, config: FeatureConfig = FeatureConfig(), rgb: np.ndarray | None = None
+             ) -> np.ndarray:
+    """Where the pin is in a product shot: pixels that differ from the backdrop (the border's median).
+
+    ``rgb``: the image's RGB pixels, when the caller has converted it already.
+    """
     import cv2
 
-    pixels = np.asarray(image.convert("RGB")).astype(np.int16)
-    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    pixels = np.asarray(image.convert("RGB")) if rgb is None else rgb
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.int16)
     backdrop = np.median(ring, axis=0)
-    mask = (np.abs(pixels - backdrop).max(axis=2) > config.foreground_difference_above).astype(np.uint8)
+    # |pixel - backdrop| > threshold in any channel, by a 256-entry table per channel (no full-size temporaries)
+    levels = np.arange(256, dtype=np.int16)
+    far = [np.abs(levels - backdrop[c]) > config.foreground_difference_above for c in range(3)]
+    mask = (far[0][pixels[..., 0]] | far[1][pixels[..., 1]] | far[2][pixels[..., 2]]).astype(np.uint8)
     return cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
 
 
@@ -274,13 +313,15 @@ def reference_entry(image: Image.Image, *, config: FeatureConfig = FeatureConfig
     import cv2
 
     rgb = np.asarray(image.convert("RGB"))
-    mask = pin_mask(image, config=config)
-    ys, xs = np.nonzero(mask)
-    if len(xs) < 16:  # no visible pin: the whole image is the pin
+    found = pin_mask(image, config=config, rgb=rgb)
+    mask = found
+    if cv2.countNonZero(mask) < 16:  # no visible pin: the whole image is the pin
         box = (0.0, 0.0, float(image.width), float(image.height))
         mask = np.ones_like(mask)
     else:
-        box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        rows, columns = mask.any(axis=1), mask.any(axis=0)
+        box = (float(np.argmax(columns)), float(np.argmax(rows)),
+               float(len(columns) - np.argmax(columns[::-1])), float(len(rows) - np.argmax(rows[::-1])))
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     lab = cv2.cvtColor(rgb[y0:y1, x0:x1], cv2.COLOR_RGB2LAB)
     size = (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
@@ -288,4 +329,4 @@ def reference_entry(image: Image.Image, *, config: FeatureConfig = FeatureConfig
     # a thumbnail pixel counts as pin only if it is wholly pin: edges mix in the backdrop
     inside = cv2.resize(mask[y0:y1, x0:x1].astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.99
     colour = np.dstack([thumbnail, inside.astype(np.uint8) * 255])
-    return ReferenceEntry(reference_features(image, config=config), box, colour)
+    return ReferenceEntry(_reference_features(image, None, config, rgb, found), box, colour)

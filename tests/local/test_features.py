@@ -23,3 +23,24 @@ def test_feature_config_is_obeyed() -> None:
     # nothing on the light backdrop differs by more than 255 grey levels
     assert not pin_mask(shot, config=FeatureConfig(foreground_difference_above=255)).any()
     assert np.array_equal(pin_mask(shot), pin_mask(shot, config=FeatureConfig()))
+
+
+def test_reference_entry_has_the_features_of_reference_features() -> None:
+    # reference_entry shares its RGB pixels and pin mask with the dark-backdrop pass: the same features as
+    # computing everything afresh, also for a shot with no visible pin (whose colour mask is the whole image)
+    texture = np.random.default_rng(0).integers(-25, 26, size=(40, 50, 1))  # faint: within 40 of the backdrop
+    faint = np.clip(236 + np.kron(texture, np.ones((4, 4, 3))), 0, 255).astype(np.uint8)
+    blank = Image.fromarray(faint)  # nothing differs enough from the backdrop to be a pin
+    for shot in (pin(7), blank):
+        entry, direct = reference_entry(shot).features, reference_features(shot)
+        assert np.array_equal(entry.keypoints, direct.keypoints)
+        assert np.array_equal(entry.descriptors, direct.descriptors)
+
+
+def test_fast_config_has_fewer_views_and_round_trips() -> None:
+    fast = FeatureConfig.fast()
+    assert FeatureConfig.from_dict(fast.to_dict()) == fast  # an index built with it records and reloads it
+    default = FeatureConfig()
+    assert len(fast.tilt_directions_deg) < len(default.tilt_directions_deg)
+    assert max(fast.tilted_view_long_sides_px) < max(default.tilted_view_long_sides_px)
+    assert len(reference_entry(pin(5), config=fast).features) > 100
