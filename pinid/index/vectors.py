@@ -3,19 +3,20 @@ storage above that, all supporting ``add_with_ids`` and ``remove_ids`` so that t
 
 Vectors are L2-normalised and compared by inner product; ids are arbitrary int64 (image ids, with gaps after
 removals). The numbers below come from ``scripts/bench_ann.py`` (clustered synthetic unit vectors, 512 dims,
-2 shared cores); see its docstring for the measured table.
+1000 queries, 2 cores shared with other jobs):
 
-* Exact search (``ExactSearcher``: one matrix-vector product over all vectors) costs time linear in the count:
-  about 8-14 ms p50 at 100k x 512 and 30-45 ms at 300k on the reference machine. It stays the choice up to
-  ``EXACT_LIMIT`` (200k) so that every index of today's size keeps exact answers; above it the p99 target
-  (20 ms) is out of reach and IVF takes over.
-* IVF lists: ``4 * sqrt(n)`` (about 250 vectors per list at 1 M), capped at ``MAX_LISTS``: training costs
-  grow with lists squared (k-means over a sample of ~39-64 points per list), and at 8192 lists it is already
-  several minutes on 2 cores. One query then scans ``probes`` lists plus the centroid table.
-* Storage: SQ8 (one byte per dimension: 512 MB for 1 M x 512, the 1.5 GB reader budget holds it with room);
-  fp16 doubles that for a recall gain too small to pay for (see the benchmark table).
-* Probes: ``IVF_PROBES`` (capped at the lists), the smallest tested value that gave recall@10 >= 0.98 against
-  exact on the 1 M benchmark; smaller indexes have fewer lists, so the same probes cover more of them.
+* Exact search (``ExactSearcher``, a matrix-vector product over every vector) is linear in the count: p50
+  8.4 ms / p99 11 ms at 100k on a quiet machine (35-44 ms under a load of 3-4 other jobs), 17.5 / 20.6 ms at
+  200k. Exact meets the p50 target of 5 ms up to about 60k, so ``EXACT_LIMIT`` is 50k; above it IVF answers
+  (at 100k: 0.3 ms, recall@10 0.989 against exact). ``--index-type flat`` keeps a larger index exact.
+* IVF lists: ``4 * sqrt(n)`` (4000 at 1 M, ~250 vectors a list), capped at ``MAX_LISTS`` = 8192 (reached at
+  4.2 M): k-means costs sample x lists, and the sample grows with the lists (50 points a list), so training
+  grows with lists squared: 150-220 s for 4000 lists at 1 M; 8192 would be ~4x that, near the 15 min budget.
+* Storage fp16: SQ8 plateaued at recall@10 0.9785 at 1 M whatever the probes (8 to 64: its 8-bit ranges blur
+  the near-ties between a query's 10th and 11th neighbour); fp16 gave 0.9989 at 8 probes, 0.9997 at 16.
+  It costs 2 bytes a dimension: 992 MB on disk and 1051 MB reader RSS at 1 M x 512 (SQ8: 504 / 563 MB).
+* Probes: 16 (p50 1.15 ms at 1 M): twice the smallest passing value, for margin; smaller indexes have fewer
+  lists, so the same probes cover a larger share of them.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from ..errors import IndexFormatError, InputError
 VECTOR_INDEX_TYPES = ("auto", "flat", "ivf-sq8", "ivf-fp16")
 _KINDS = ("flat", "ivf-sq8", "ivf-fp16")
 
-EXACT_LIMIT = 100_000  # largest count searched exactly by "auto"
-AUTO_IVF_KIND = "ivf-sq8"  # storage "auto" picks above EXACT_LIMIT
+EXACT_LIMIT = 50_000  # largest count searched exactly by "auto": exact p50 stays under 5 ms up to ~60k
+AUTO_IVF_KIND = "ivf-fp16"  # storage "auto" picks above EXACT_LIMIT
 MAX_LISTS = 8192
-IVF_PROBES = 32
+IVF_PROBES = 16
 MIN_POINTS_PER_LIST = 39  # FAISS's k-means wants at least this many training points per centroid
 TRAINING_POINTS_PER_LIST = 50  # sample size the caller should pass: lists x this (more is subsampled)
 MIN_RANGE_SAMPLE = 1000  # fewer SQ8 training points than this: fixed unit-sphere ranges, not trained ones

@@ -36,7 +36,7 @@ def all_ids(index) -> set[int]:
 
 def test_auto_is_exact_up_to_the_limit_and_ivf_above() -> None:
     assert choose_vector_index(0) == VectorIndexSpec("flat", 0, 0)
-    assert choose_vector_index(100_000) == VectorIndexSpec("flat")  # today's 100k stays exact
+    assert choose_vector_index(50_000) == VectorIndexSpec("flat")  # exact while its p50 stays under 5 ms
     assert choose_vector_index(EXACT_LIMIT).kind == "flat"
     above = choose_vector_index(EXACT_LIMIT + 1)
     assert above.kind == AUTO_IVF_KIND and above.lists == round(4 * math.sqrt(EXACT_LIMIT + 1))
