@@ -71,7 +71,7 @@ def cli() -> None:
 @click.option("--reset-cache", is_flag=True, help="discard the cache (e.g. made by another encoder) first")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf-sq8", "ivf-fp16"]), default="auto",
               show_default=True,
-              help="CLIP vector index: auto = exact up to 100,000 images, IVF with 8-bit codes above "
+              help="CLIP vector index: auto = exact up to 50,000 images, IVF with fp16 codes above "
                    "(recall@10 >= 0.98 against exact at 1 M); flat/ivf-* force one")
 @click.option("--no-calibrate", is_flag=True,
               help="keep the calibration shipped with pinid (by default a catalogue of 50 pins or more is "

@@ -38,9 +38,9 @@ from ..identify.recogniser import LocalConfig
 from ..images import load_image, working_copy
 from ..local.features import DESCRIPTOR_DIMS, FeatureConfig, ReferenceEntry, reference_entry
 from ..local.store import Segment, segment_name, write_segment
-from ..local.vote import build_vocabulary, write_vocabulary
+from ..local.vocabulary import SHARD_FILE, new_shard, train_template, write_shard
 from ..results import BuildReport, Progress, counting
-from .format import (DATABASE_FILE, FORMAT_VERSION, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest,
+from .format import (DATABASE_FILE, FORMAT_VERSION, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, Manifest,
                      is_index_directory, read_manifest)
 from .storage import write_database, write_vectors
 from .vectors import VectorIndexSpec, add_vectors, choose_vector_index, new_vector_index, spec_of
@@ -168,7 +168,9 @@ def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, o
         segment = segment_name(0)
         count, descriptors = write_segment(folder / LOCAL_DIR / segment,
                                            ((image_id, entries[i]) for image_id, i in enumerate(kept)))
-        write_vocabulary(build_vocabulary(descriptors, config=options.config.vote), folder / VOCABULARY_FILE)
+        template = train_template(descriptors, options.config.vote)
+        write_shard(new_shard(descriptors, np.arange(len(descriptors), dtype=np.int64), template),
+                    folder / LOCAL_DIR / segment)
         manifest = new_manifest(encoder, catalogue, pins=len(rows), images=len(ok), descriptors=len(descriptors),
                                 config=options.config, segments=[Segment(segment, 0, count)],
                                 generation=_generation_after(target), vectors=spec,
@@ -209,7 +211,6 @@ def new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, im
                  descriptors: int, segments: list[Segment], config: LocalConfig = LocalConfig(),
                  generation: int = 1, vectors: VectorIndexSpec | None = None, index_type: str = "auto") -> Manifest:
     import cv2
-    import faiss
 
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return Manifest(
@@ -219,7 +220,7 @@ def new_manifest(encoder: Encoder | None, catalogue: Catalogue, *, pins: int, im
         vectors=None if encoder is None else vectors_entry(vectors or VectorIndexSpec("flat"), index_type),
         local_features={"kind": f"PCA{DESCRIPTOR_DIMS}-RootSIFT, 3 scales + 4 tilts, light and dark backdrop",
                         "max_per_image": config.features.max_reference_features, "descriptors": int(descriptors),
-                        "vocabulary": VOCABULARY_FILE, "opencv_version": cv2.__version__,
+                        "vocabulary": f"{LOCAL_DIR}/*/{SHARD_FILE}", "opencv_version": cv2.__version__,
                         "segments": [segment.to_dict() for segment in segments]},
         calibration=default_calibration().to_dict(), catalogue_source=str(catalogue.source.resolve()),
         next_image_id=images, local_config=config.to_dict(), generation=generation,

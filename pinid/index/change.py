@@ -6,13 +6,15 @@ images are skipped and listed), then writes the next generation into a fresh
 sibling directory and swaps it in atomically (``pinid._atomic``), under the
 same writer lock as a build. What does not change is hard-linked, not copied:
 
-* local-feature segments: linked; one new segment holds the added images;
-  a segment that lost images gets new small per-image tables;
+* local-feature segments with their vocabulary shards: linked; one new
+  segment (and shard) holds the added images; a segment that lost images gets
+  new small per-image tables and its shard is rewritten without their rows;
 * the SQLite table: copied and edited (it holds paths and metadata only);
-* ``vectors.faiss`` and ``local_vocabulary.faiss``: loaded, edited by id
-  (only the changed vectors and descriptors are added or removed) and written
-  whole, since FAISS files cannot be appended to. This is where writing grows
-  with the index (about 2 KB per image and 64 B per descriptor), not with the change.
+* ``vectors.faiss``: loaded, edited by id and written whole, since a FAISS
+  file cannot be appended to. This, and the table, is where writing grows with
+  the index (2 KB per image exact, 1 KB with the IVF-fp16 that large indexes get), not with the change.
+* once, when the vocabulary outgrows exact search, every shard is retrained as
+  an inverted file.
 
 ``kill -9`` at any point leaves the old generation in place; the next writer
 clears what the dead one left (``pinid._atomic.output_lock``).
@@ -37,18 +39,20 @@ from ..encoder.cache import sha256_or_reason
 from ..encoder.clip import Encoder
 from ..errors import CatalogueError, IndexFormatError, InputError
 from ..identify.pin_table import PinTable
-from ..local.store import LocalStore, Segment, copy_segment, segment_name, write_segment
-from ..local.vote import add_descriptors, build_vocabulary, outgrown, read_vocabulary, remove_descriptors, \
-    write_vocabulary
+from ..local.store import LocalStore, Segment, copy_segment, link_or_copy, segment_name, write_segment
+from ..local.vocabulary import SHARD_FILE, Vocabulary, new_shard, read_vocabulary, train_template, write_shard
 from ..results import Progress
 from ..tables import dumps, parse_json
 from .build import BuildOptions, encode_paths, reference_entries, vector_index, vectors_entry
-from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, MAX_CHANGES, VECTORS_FILE, VOCABULARY_FILE, Manifest,
+from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, MAX_CHANGES, VECTORS_FILE, Manifest,
                      check_encoder, is_index_directory, read_manifest)
 from .vectors import add_vectors, choose_vector_index, spec_of
 from .storage import TableChange, apply_table_change, read_digests, read_table, read_vectors, write_vectors
 
 Action = Literal["add", "update", "remove"]
+#: Segments (vocabulary shards) an index keeps at most: each add makes one, and each shard of an inverted-file
+#: vocabulary costs one coarse-quantiser search per vote; past this the small ones are merged.
+MAX_SEGMENTS = 16
 
 
 @dataclass(frozen=True)
@@ -173,11 +177,12 @@ class _Current:
     """The generation a change starts from, loaded under the writer lock."""
 
     def __init__(self, folder: Path, manifest: Manifest, digests: dict[int, tuple[str, str]], table: PinTable,
-                 store: LocalStore, vectors: Any, encoder: Encoder | None) -> None:
+                 store: LocalStore, vocabulary: Vocabulary, vectors: Any, encoder: Encoder | None) -> None:
         self.folder = folder
         self.manifest = manifest
         self.digests = digests
         self.store = store
+        self.vocabulary = vocabulary
         self.vectors = vectors
         self.encoder = encoder
         self.pins = {row.pin_id: row for row in table.pins.values()}
@@ -203,9 +208,11 @@ class _Current:
         except (sqlite3.DatabaseError, OSError) as exc:
             raise IndexFormatError(f"index {folder}: {DATABASE_FILE} cannot be read ({exc}); rebuild it") from None
         store = LocalStore.load(folder / LOCAL_DIR, manifest.segments)
+        vocabulary = read_vocabulary(folder / LOCAL_DIR, [segment.name for segment in manifest.segments],
+                                     manifest.descriptors, manifest.config().vote)
         if set(store.image_ids.tolist()) != set(digests) or (vectors is not None and vectors.ntotal != len(digests)):
             raise IndexFormatError(f"index {folder} is inconsistent (its files disagree on the images); rebuild it")
-        return cls(folder, manifest, digests, table, store, vectors, encoder)
+        return cls(folder, manifest, digests, table, store, vocabulary, vectors, encoder)
 
     def plan_removal(self, pin_ids: Sequence[str]) -> _Plan:
         wanted = list(dict.fromkeys(pin_ids))
@@ -304,23 +311,25 @@ class _Current:
                 write_vectors(staging / VECTORS_FILE, vectors)
                 requested = str((manifest.vectors or {}).get("requested", "auto"))
                 vectors_entry_now = vectors_entry(spec_of(vectors, self._probes()), requested)
+            (staging / LOCAL_DIR).mkdir()
             segments = self._carry_segments(staging / LOCAL_DIR, live)
             if len(new_ids):
+                segments, merged = self._merge_small(staging / LOCAL_DIR, segments)
                 number = max((int(s.name) for s in manifest.segments), default=-1) + 1
                 first_row = self.store.next_row
-                rows, descriptors = write_segment(staging / LOCAL_DIR / segment_name(number),
-                                                  zip(new_ids.tolist(), added.entries))
+                rows, descriptors = write_segment(
+                    staging / LOCAL_DIR / segment_name(number),
+                    [(image_id, self.store.entry(image_id)) for image_id in merged]
+                    + list(zip(new_ids.tolist(), added.entries)))
                 segments.append(Segment(segment_name(number), first_row, rows))
-                new_rows = np.arange(first_row, first_row + rows, dtype=np.int64)
-            else:
-                descriptors, new_rows = np.zeros((0, 0), np.uint8), np.zeros(0, np.int64)
-            live_descriptors = self._write_vocabulary(staging, drop_images, descriptors, new_rows, segments)
+                self._new_shard(staging, segments, descriptors, np.arange(first_row, first_row + rows, dtype=np.int64))
+            stored = read_vocabulary(staging / LOCAL_DIR, [s.name for s in segments], None).ntotal
             counts = {"pins": len(set(self.pin_images) - set(plan.drop_pins)) + len(pins_added),
                       "images": len(live)}
             updated = replace(manifest, generation=report.generation, pins=counts["pins"], images=counts["images"],
                               vectors=vectors_entry_now,
                               next_image_id=first_id + len(new_ids),
-                              local_features={**manifest.local_features, "descriptors": live_descriptors,
+                              local_features={**manifest.local_features, "descriptors": stored,
                                               "segments": [s.to_dict() for s in segments]},
                               changes=(manifest.changes + [report.log_entry()])[-MAX_CHANGES:])
             (staging / MANIFEST_FILE).write_bytes(updated.to_json())
@@ -350,29 +359,54 @@ class _Current:
         return index
 
     def _carry_segments(self, local: Path, live: frozenset[int]) -> list[Segment]:
-        """Link the segments that keep live images into the new generation; drop those with none left."""
+        """Link the segments that keep live images (and their vocabulary shards) into the new generation;
+        a segment that lost images gets new per-image tables; one with no live image left is dropped."""
         segments = []
         for segment in self.manifest.segments:
             source = self.folder / LOCAL_DIR / segment.name
             images = np.load(source / "images.npy", allow_pickle=False)
-            if len(images) and not any(int(i) in live for i in images[:, 0]):
+            held = [int(i) for i in images[:, 0]]
+            if held and not any(i in live for i in held):
                 continue  # only dead rows left: the segment goes
-            copy_segment(source, local / segment.name, keep=live)
+            target = local / segment.name
+            copy_segment(source, target, keep=live)
+            link_or_copy(source / SHARD_FILE, target / SHARD_FILE)  # removed rows are excluded at search time
             segments.append(segment)
         return segments
 
-    def _write_vocabulary(self, staging: Path, drop_images: list[int], descriptors: np.ndarray,
-                          new_rows: np.ndarray, segments: list[Segment]) -> int:
+    def _merge_small(self, local: Path, segments: list[Segment]) -> tuple[list[Segment], list[int]]:
+        """Keep the store at most ``MAX_SEGMENTS`` segments (each is one vocabulary shard to search): when a
+        new one would pass that, every segment but the largest is folded into it. Returns the segments kept
+        and the live images to write into the new segment (their features are copied, not extracted)."""
+        if len(segments) + 1 <= MAX_SEGMENTS:
+            return segments, []
+        largest = max(segments, key=lambda segment: segment.rows)
+        merged: list[int] = []
+        for segment in segments:
+            if segment is largest:
+                continue
+            images = np.load(local / segment.name / "images.npy", allow_pickle=False)
+            merged.extend(sorted(int(i) for i in images[:, 0]))
+            shutil.rmtree(local / segment.name)
+        return [largest], merged
+
+    def _new_shard(self, staging: Path, segments: list[Segment], descriptors: np.ndarray, rows: np.ndarray,
+                   ) -> None:
+        """The new segment's shard; if the vocabulary outgrows exact search now, every shard is retrained
+        once as an inverted file (the only change whose writing grows with the whole vocabulary)."""
         config = self.manifest.config().vote
-        vocabulary = read_vocabulary(self.folder / VOCABULARY_FILE, self.manifest.descriptors, config=config)
-        remove_descriptors(vocabulary, self.store.global_rows(drop_images))
-        add_descriptors(vocabulary, descriptors, new_rows)
-        if outgrown(vocabulary, int(vocabulary.ntotal), config):  # grown past exact search: train an inverted file
-            store = LocalStore.load(staging / LOCAL_DIR, segments)
-            rows, live = store.live_descriptors()
-            vocabulary = build_vocabulary(live, rows=rows, config=config)
-        write_vocabulary(vocabulary, staging / VOCABULARY_FILE)
-        return int(vocabulary.ntotal)
+        template = self.vocabulary.template()
+        total = self.vocabulary.ntotal + len(rows)
+        if template is None and total > config.exact_search_max_descriptors:
+            store = LocalStore.load(staging / LOCAL_DIR, segments[:-1])
+            old_rows, old = store.live_descriptors()
+            template = train_template(np.concatenate([old, descriptors]), config)
+            for segment in segments[:-1]:
+                mine = (old_rows >= segment.first_row) & (old_rows < segment.first_row + segment.rows)
+                shard_path = staging / LOCAL_DIR / segment.name
+                (shard_path / SHARD_FILE).unlink()
+                write_shard(new_shard(old[mine], old_rows[mine], template), shard_path)
+        write_shard(new_shard(descriptors, rows, template), staging / LOCAL_DIR / segments[-1].name)
 
 
 def _prepare_images(plan: _Plan, current: _Current, encoder: Encoder | None, options: BuildOptions,

@@ -8,9 +8,9 @@ Layout::
       vectors.faiss           FAISS IndexIDMap2 over an exact inner-product index; ids = image ids (CLIP only)
       catalogue.sqlite        pins (pin_row, pin_id, name, metadata JSON), images (image_id -> pin_row, path, sha256)
       local/NNNNNN/           reference keypoints, descriptors, pin boxes, colour thumbnails, one segment
-                              per build or change that added images (pinid.local.store)
-      local_vocabulary.faiss  every live reference descriptor by its store row, for the candidate vote
-                              (pinid.local.vote)
+                              per build or change that added images (pinid.local.store), and
+                              vocabulary.faiss: the segment's live descriptors by store row, one shard of
+                              the candidate vote's vocabulary (pinid.local.vocabulary)
 
 Every change (``PinIndex.add``, ``remove``, ``update``, a new calibration)
 makes a whole new *generation*: a fresh sibling directory that hard-links the
@@ -48,7 +48,7 @@ MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
 DATABASE_FILE = "catalogue.sqlite"
 LOCAL_DIR = "local"
-VOCABULARY_FILE = "local_vocabulary.faiss"
+VOCABULARY_FILE = "local_vocabulary.faiss"  # format 2's single vocabulary: allowed in a folder a build replaces
 MAX_CHANGES = 20  # changes remembered in the manifest (``pinid info`` shows them)
 _SEGMENT_NAME = re.compile(r"[0-9]{6}")
 #: Everything an index directory may hold (SQLite may leave a journal beside its file).
@@ -77,7 +77,7 @@ class Manifest:
 
     @property
     def descriptors(self) -> int:
-        """Live descriptors: what the vocabulary holds."""
+        """Rows in the vocabulary's shards: those of removed images count until their segment goes."""
         return int(self.local_features["descriptors"])
 
     @property

@@ -28,11 +28,11 @@ from ..identify.pin_table import PinTable
 from ..identify.recogniser import Candidate, LocalConfig, Recogniser
 from ..images import ImageSource, load_image
 from ..local.store import LocalStore
-from ..local.vote import read_vocabulary
+from ..local.vocabulary import read_vocabulary
 from ..results import BuildReport, Found, Identification, Match, Progress, counting
 from .build import BuildOptions, build_index
 from .change import Action, ChangeReport, change_index, replace_manifest
-from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, VOCABULARY_FILE, Manifest, check_encoder,
+from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, Manifest, check_encoder,
                      read_manifest)
 from .search import search_pins
 from .vectors import VectorIndexSpec, make_searcher
@@ -102,7 +102,7 @@ class PinIndex:
             cache: an ``EmbeddingCache`` keyed by file content: a rebuild encodes only new or
                 changed files, and an interrupted build resumes.
             feature_cache: a ``pinid.local.cache.FeatureCache``, the same for local features.
-            index_type: the CLIP vector index: "auto" (exact up to 100,000 images, IVF with 8-bit
+            index_type: the CLIP vector index: "auto" (exact up to 50,000 images, IVF with fp16
                 codes above), or "flat", "ivf-sq8", "ivf-fp16" to force one (recorded in the manifest;
                 later changes keep it).
             config: the local-feature settings (default ``LocalConfig()``), recorded in the manifest
@@ -486,7 +486,9 @@ def _read_generation_files(base: Path, folder: Path) -> _Generation:
             raise IndexFormatError(f"index {folder} is inconsistent: {VECTORS_FILE} and {DATABASE_FILE} list "
                                    "different images; rebuild it")
     config = manifest.config()
-    vocabulary = read_vocabulary(base / VOCABULARY_FILE, manifest.descriptors, config=config.vote)
+    vocabulary = read_vocabulary(base / LOCAL_DIR, [segment.name for segment in manifest.segments],
+                                 manifest.descriptors, config.vote)
+    vocabulary.exclude(store.dead_rows())
     calibration = (Calibration.from_dict(manifest.calibration) if manifest.calibration
                    else default_calibration())
     return _Generation(manifest, searcher, table, Recogniser(store, vocabulary, table, calibration, config))

@@ -4,16 +4,17 @@ The store is a list of immutable *segments*, one per build or change that
 added images, so that adding images writes only the new ones (the unchanged
 segments are hard-linked into the next index generation). Layout of one
 segment (``INDEX_DIR/local/NNNNNN``): ``descriptors.npy`` (n, 64) uint8 codes,
-``keypoints.npy`` (n, 4) float16 x/y/size/angle, ``images.npy`` (images, 3)
-int64 (image id, first row, end row, rows local to the segment), ``geometry.npy``
-(images, 6) float32 (width, height, pin box), ``colour.npy`` (images, 48, 48, 4)
-uint8 Lab thumbnail and pin mask. Read with ``allow_pickle=False``.
+``keypoints.npy`` (n, 4) float16 x/y/size/angle, ``images.npy`` (live images, 4)
+int64 (image id, first row, end row, position: rows local to the segment, and
+the image's row in the next two), ``geometry.npy`` (images, 6) float32 (width,
+height, pin box), ``colour.npy`` (images, 48, 48, 4) uint8 Lab thumbnail and pin
+mask. Read with ``allow_pickle=False``.
 
 Each segment owns a range of *global rows* (``first_row`` to ``first_row +
 rows``, never reused): the ids the vote's vocabulary returns. Removing an
-image rewrites only its segment's small per-image tables; its descriptors
-stay behind as dead rows that no live image and no vocabulary entry refers
-to, until the segment has no live image left (then it is dropped) or a
+image rewrites only its segment's ``images.npy`` (32 bytes per image); its
+features stay behind as dead rows that no live image refers to (and the vote
+excludes), until the segment has no live image left (then it is dropped) or a
 rebuild compacts the store.
 """
 
@@ -30,8 +31,7 @@ from ..errors import IndexFormatError
 from .features import DESCRIPTOR_DIMS, THUMBNAIL_SIDE, Features, ReferenceEntry
 
 _NAMES = ("descriptors", "keypoints", "images", "geometry", "colour")
-_PER_IMAGE = ("images", "geometry", "colour")  # rewritten when images are removed
-_SHARED = ("descriptors", "keypoints")  # written once, hard-linked ever after
+_SHARED = ("descriptors", "keypoints", "geometry", "colour")  # written once, hard-linked ever after
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,14 @@ class _Part:
         images = np.asarray(images, dtype=np.int64)
         if (self.descriptors.ndim != 2 or self.descriptors.shape[1] != DESCRIPTOR_DIMS
                 or self.keypoints.shape != (len(self.descriptors), 4)
-                or images.ndim != 2 or images.shape[1] != 3 or len(geometry) != len(images)
-                or len(self.colour) != len(images)
+                or images.ndim != 2 or images.shape[1] != 4 or len(geometry) != len(self.colour)
                 or (len(images) and (images[:, 1].min() < 0 or images[:, 2].max() > len(self.descriptors)
-                                     or (images[:, 2] < images[:, 1]).any()))):
+                                     or (images[:, 2] < images[:, 1]).any() or images[:, 3].min() < 0
+                                     or images[:, 3].max() >= len(geometry)))):
             raise IndexFormatError("local feature arrays disagree in shape")
         order = np.argsort(images[:, 1], kind="stable")
-        self.images = images[order]
-        self.positions = order  # row of geometry/colour for each image in self.images
+        self.images = images[order, :3]
+        self.positions = images[order, 3]  # row of geometry/colour for each image in self.images
         self.geometry = np.asarray(geometry, dtype=np.float32)
         self.base = base
 
@@ -165,6 +165,16 @@ class LocalStore:
             chunks.append(np.arange(base + start, base + end, dtype=np.int64))
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
 
+    def dead_rows(self) -> np.ndarray:
+        """Global rows no live image owns (their images were removed): what the vote must not find."""
+        chunks = []
+        for part in self._parts:
+            alive = np.zeros(len(part.descriptors), bool)
+            for _, start, end in part.images.tolist():
+                alive[start:end] = True
+            chunks.append(np.flatnonzero(~alive).astype(np.int64) + part.base)
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+
     def live_descriptors(self) -> tuple[np.ndarray, np.ndarray]:
         """(global rows, descriptors) of every live image, in row order: what a vocabulary is built from."""
         rows, descriptors = [], []
@@ -213,7 +223,7 @@ def write_segment(folder: Path, entries: Iterable[tuple[int, ReferenceEntry]]) -
         features = entry.features
         descriptors.append(features.descriptors)
         keypoints.append(features.keypoints)
-        images.append((image_id, row, row + len(features)))
+        images.append((image_id, row, row + len(features), len(images)))
         geometry.append((features.width, features.height, *entry.pin_box))
         colour.append(entry.colour)
         row += len(features)
@@ -221,36 +231,26 @@ def write_segment(folder: Path, entries: Iterable[tuple[int, ReferenceEntry]]) -
     np.save(folder / "descriptors.npy", all_descriptors)
     all_keypoints = np.concatenate(keypoints) if keypoints else np.zeros((0, 4), np.float32)
     np.save(folder / "keypoints.npy", all_keypoints.astype(np.float16))
-    _save_per_image(folder, np.array(images, dtype=np.int64).reshape(-1, 3),
-                    np.array(geometry, dtype=np.float32).reshape(-1, 6),
-                    np.array(colour, dtype=np.uint8).reshape(-1, THUMBNAIL_SIDE, THUMBNAIL_SIDE, 4))
+    np.save(folder / "images.npy", np.array(images, dtype=np.int64).reshape(-1, 4))
+    np.save(folder / "geometry.npy", np.array(geometry, dtype=np.float32).reshape(-1, 6))
+    np.save(folder / "colour.npy", np.array(colour, dtype=np.uint8).reshape(-1, THUMBNAIL_SIDE, THUMBNAIL_SIDE, 4))
     return row, all_descriptors
 
 
 def copy_segment(source: Path, target: Path, keep: frozenset[int] | None = None) -> None:
-    """Carry a segment into a new generation: its big arrays hard-linked (copied where links fail),
-    its per-image tables linked too, or rewritten without the images not in ``keep``."""
+    """Carry a segment into a new generation: its arrays hard-linked (copied where links fail), and its
+    ``images.npy`` linked too, or rewritten without the images not in ``keep``."""
     target.mkdir(parents=True, exist_ok=True)
     for name in _SHARED:
-        _link_or_copy(source / f"{name}.npy", target / f"{name}.npy")
+        link_or_copy(source / f"{name}.npy", target / f"{name}.npy")
     images = np.load(source / "images.npy", allow_pickle=False)
     if keep is None or all(int(i) in keep for i in images[:, 0]):
-        for name in _PER_IMAGE:
-            _link_or_copy(source / f"{name}.npy", target / f"{name}.npy")
+        link_or_copy(source / "images.npy", target / "images.npy")
         return
-    mask = np.array([int(i) in keep for i in images[:, 0]], dtype=bool)
-    geometry = np.load(source / "geometry.npy", allow_pickle=False)
-    colour = np.load(source / "colour.npy", mmap_mode="r", allow_pickle=False)
-    _save_per_image(target, images[mask], geometry[mask], np.asarray(colour[mask]))
+    np.save(target / "images.npy", images[np.array([int(i) in keep for i in images[:, 0]], dtype=bool)])
 
 
-def _save_per_image(folder: Path, images: np.ndarray, geometry: np.ndarray, colour: np.ndarray) -> None:
-    np.save(folder / "images.npy", images)
-    np.save(folder / "geometry.npy", geometry)
-    np.save(folder / "colour.npy", colour)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:  # a file system without hard links: copy (the change then writes the whole store)
@@ -265,4 +265,5 @@ def write_local_store(folder: Path, entries: Iterable[tuple[int, ReferenceEntry]
     return descriptors
 
 
-__all__ = ["LocalStore", "Segment", "copy_segment", "segment_name", "write_local_store", "write_segment"]
+__all__ = ["LocalStore", "Segment", "copy_segment", "link_or_copy", "segment_name", "write_local_store",
+           "write_segment"]

@@ -101,7 +101,7 @@ def test_any_sequence_of_changes_answers_as_a_fresh_build_of_the_final_catalogue
     reopened = PinIndex.load(tmp_path / "idx", encoder=encoder)
     assert len(reopened) == len(fresh) == 7
     assert reopened.manifest.images == fresh.manifest.images == 9
-    assert reopened.manifest.descriptors == fresh.manifest.descriptors
+    assert reopened.recogniser.store.live_rows == fresh.recogniser.store.live_rows
     assert reopened.info()["counts"] == fresh.info()["counts"]
     search = reopened.search if with_clip else None
     if search is not None:
@@ -271,3 +271,27 @@ def test_an_approximate_vector_index_is_recorded_and_changed_in_place(tmp_path: 
     code, out, err = run(capsys, "build-index", start, "-o", tmp_path / "bad", "--encoder", "local",
                          "--index-type", "hnsw")
     assert code == 2 and "hnsw" in err
+
+
+def test_small_segments_are_merged_so_the_vote_searches_few_shards_and_answers_stay_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pinid.index.change as change_module
+
+    monkeypatch.setattr(change_module, "MAX_SEGMENTS", 3)
+    start = tmp_path / "start"
+    for number in range(3):
+        _write_pin(start, f"pin-{number}", [10 + number])
+    index = PinIndex.build(read_catalogue(start), tmp_path / "idx", None)
+    for number in range(3, 7):
+        more = tmp_path / f"more-{number}"
+        _write_pin(more, f"pin-{number}", [10 + number])
+        index.add(read_catalogue(more))
+        assert len(index.manifest.segments) <= 3
+        assert len(list((tmp_path / "idx" / "local").iterdir())) == len(index.manifest.segments)
+    index.remove(["pin-4"])
+    final = tmp_path / "final"
+    for number in (0, 1, 2, 3, 5, 6):
+        _write_pin(final, f"pin-{number}", [10 + number])
+    fresh = PinIndex.build(read_catalogue(final), tmp_path / "fresh", None)
+    assert index.recogniser.store.live_rows == fresh.recogniser.store.live_rows
+    _assert_same_answers(PinIndex.load(tmp_path / "idx"), fresh)

@@ -45,7 +45,7 @@ IMAGE_SIDE = 128
 CHEAP = LocalConfig(features=FeatureConfig(reference_view_long_sides_px=(128,), tilt_directions_deg=(0,),
                                            tilted_view_long_sides_px=(96,), max_reference_features=300,
                                            max_query_features=1000))
-SEGMENT_FILES = {"descriptors.npy", "keypoints.npy", "images.npy", "geometry.npy", "colour.npy"}
+SEGMENT_FILES = {"descriptors.npy", "keypoints.npy", "images.npy", "geometry.npy", "colour.npy", "vocabulary.faiss"}
 
 # The driver: imports pinid once, then forks a child per crash point (cheap: no import per case).
 # The parent never runs FAISS or OpenCV itself, so forking is safe (no OpenMP pool to inherit).
@@ -289,7 +289,8 @@ def _check_every_crash(world: dict[str, Any], name: str, spec: dict[str, Any], p
     # the old generation until the exchange, the new one from then on: never back and forth
     assert seen["old"] and seen["new"] and max(seen["old"] + seen["backup only"]) < min(seen["new"]), seen
     assert bool(seen["backup only"]) == (not renameat2), seen
-    for expected in ("_exchange", "rmtree", "fsync", "link" if name == "calibration" else "write_index"):
+    written = "link" if name == "calibration" else "save" if name.startswith("remove") else "write_index"  # a removal writes no FAISS file
+    for expected in ("_exchange", "rmtree", "fsync", written):
         assert expected in crashed_at, f"{name}: no crash was injected at {expected}: {sorted(crashed_at)}"
 
 

@@ -112,7 +112,9 @@ def _state(index: PinIndex) -> dict[str, Any]:
     store = state.recogniser.store
     assert store.image_ids.tolist() == table_images, "store and table list different images"
     assert len(table_images) == manifest.images and len(pins) == manifest.pins, "table disagrees with manifest"
-    assert int(state.recogniser.vocabulary.ntotal) == manifest.descriptors == store.live_rows, "vocabulary"
+    vocabulary = state.recogniser.vocabulary
+    assert int(vocabulary.ntotal) == manifest.descriptors, "vocabulary"
+    assert int(vocabulary.ntotal) - vocabulary.excluded == store.live_rows, "removed rows not excluded"
     assert [s.name for s in store.segments] == [s.name for s in manifest.segments], "segments"
     assert state.recogniser.table is state.table
     return {"generation": index.generation, "pins": pins, "images": table_images, "source": manifest.catalogue_source,

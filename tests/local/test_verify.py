@@ -206,7 +206,7 @@ def test_damaged_local_features_are_refused(local_index: PinIndex, tmp_path: Pat
         PinIndex.load(copy)
     shutil.rmtree(copy)
     shutil.copytree(local_index.path, copy)
-    (copy / "local_vocabulary.faiss").write_bytes(b"not faiss")
+    (copy / "local" / "000000" / "vocabulary.faiss").write_bytes(b"not faiss")
     with pytest.raises(IndexFormatError, match="rebuild"):
         PinIndex.load(copy)
 
