@@ -69,6 +69,9 @@ def cli() -> None:
               help="cache folder for embeddings and local features, keyed by file content: rebuilds and "
                    "`pinid add` encode and extract only new or changed images, and an interrupted build resumes")
 @click.option("--reset-cache", is_flag=True, help="discard the cache (e.g. made by another encoder) first")
+@click.option("--views", type=click.Choice(["default", "fast"]), default="default", show_default=True,
+              help="simulated views of each reference image for local features: fast = fewer, smaller views, "
+                   "about half the extraction time (recall within noise of the default on one 270-photo sample)")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf-sq8", "ivf-fp16"]), default="auto",
               show_default=True,
               help="CLIP vector index: auto = exact up to 50,000 images, IVF with fp16 codes above "
@@ -83,8 +86,8 @@ def cli() -> None:
 @_threads_option
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | None, pretrained: str | None,
-                batch_size: int, workers: int, cache_dir: Path | None, reset_cache: bool, index_type: str,
-                no_calibrate: bool,
+                batch_size: int, workers: int, cache_dir: Path | None, reset_cache: bool, views: str,
+                index_type: str, no_calibrate: bool,
                 calibrate_photos: int | None, device: str, offline: bool | None, threads: int | None,
                 quiet: bool) -> None:
     """Index a CATALOGUE (folder of pin folders, or CSV/JSONL manifest): CLIP vectors and local features.
@@ -98,6 +101,7 @@ def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | No
     from .encoder import Encoder
     from .errors import InputError
     from .index import PinIndex
+    from .identify.recogniser import LocalConfig
     from .index.build import check_output
     from .local.features import FeatureConfig
 
@@ -111,12 +115,14 @@ def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | No
     if encoder_kind == "clip":
         spec = _requested_spec(model, pretrained)
         encoder = Encoder.load(spec, device=device, offline=offline)
+    config = LocalConfig(features=FeatureConfig.fast() if views == "fast" else FeatureConfig())
     if cache_dir is not None:
-        cache, feature_cache = _open_caches(cache_dir, encoder, FeatureConfig(), reset=reset_cache)
+        cache, feature_cache = _open_caches(cache_dir, encoder, config.features, reset=reset_cache)
     try:
         with _stages(quiet) as on_progress:
             index = PinIndex.build(records, output, encoder, batch_size=batch_size, workers=workers, cache=cache,
-                                   feature_cache=feature_cache, index_type=index_type, on_progress=on_progress)
+                                   feature_cache=feature_cache, config=config, index_type=index_type,
+                                   on_progress=on_progress)
     finally:
         if feature_cache is not None:
             feature_cache.close()

@@ -332,3 +332,16 @@ def test_the_cache_covers_local_features_so_rebuilds_extract_nothing_and_an_inte
         a, b = cached.recogniser.store.entry(image_id), fresh.recogniser.store.entry(image_id)
         assert np.array_equal(a.features.descriptors, b.features.descriptors)
         assert np.array_equal(a.colour, b.colour) and a.pin_box == pytest.approx(b.pin_box)
+
+
+def test_fast_views_are_recorded_and_used_by_later_changes(tmp_path: Path, make_catalogue: Any,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    root = make_catalogue(pins=2)
+    code, _, err = run(capsys, "build-index", root, "-o", tmp_path / "idx", "--encoder", "local", "--views", "fast",
+                       "-q", "--no-calibrate")
+    assert code == 0, err
+    index = PinIndex.load(tmp_path / "idx")
+    assert index.manifest.config().features == FeatureConfig.fast() != FeatureConfig()
+    default = PinIndex.build(read_catalogue(root), tmp_path / "default", None)
+    assert index.manifest.images == default.manifest.images
+    assert index.recogniser.store.live_rows < default.recogniser.store.live_rows  # fewer views, fewer features
