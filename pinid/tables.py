@@ -59,6 +59,19 @@ def parse_json(text: str) -> Any:
     return _without_surrogates(value) if _ESCAPED_SURROGATE.search(text) else value
 
 
+def read_json_object(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A small JSON file holding one object (a cache's metadata): ``(object, None)``, or ``(None, why not)``."""
+    try:
+        data = parse_json(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        return None, f"cannot be read: {exc.strerror or exc}"
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"not valid JSON: {exc}"
+    if not isinstance(data, dict):
+        return None, f"a JSON {type(data).__name__}, not an object"
+    return data, None
+
+
 def _parse_int(digits: str) -> int:
     length = len(digits.lstrip("-"))
     if length > MAX_INT_DIGITS:

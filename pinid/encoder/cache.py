@@ -37,7 +37,7 @@ from ..errors import EncoderMismatchError, ImageError, InputError
 from ..images import load_image
 from ..phash import PHASH_VERSION, WINDOWS, window_hashes
 from ..results import Progress
-from ..tables import parse_json
+from ..tables import read_json_object
 
 FORMAT_NAME = "pinid-embedding-cache"
 FORMAT_VERSION = 1
@@ -188,14 +188,8 @@ def _read_meta(path: Path, reset: bool) -> dict[str, Any] | None:
     ours and is refused even with ``reset``. Another format version is returned
     so that the caller can refuse it or, with ``reset``, discard it.
     """
-    try:
-        meta = parse_json(path.read_bytes().decode("utf-8"))
-        problem = None if isinstance(meta, dict) else f"a JSON {type(meta).__name__}, not an object"
-    except OSError as exc:
-        problem = f"cannot be read: {exc.strerror or exc}"
-    except (UnicodeDecodeError, ValueError) as exc:
-        problem = f"not valid JSON: {exc}"
-    if problem is not None:
+    meta, problem = read_json_object(path)
+    if meta is None:
         if reset:
             return None
         raise InputError(f"cache {path.parent}: {META_FILE} is damaged ({problem}); pass --reset-cache to "

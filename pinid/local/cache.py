@@ -43,7 +43,7 @@ import numpy as np
 
 from .._atomic import write_file_atomically
 from ..errors import InputError
-from ..tables import parse_json
+from ..tables import read_json_object
 from .features import DESCRIPTOR_DIMS, EXTRACTION_VERSION, THUMBNAIL_SIDE, FeatureConfig, Features, ReferenceEntry
 
 try:
@@ -395,16 +395,10 @@ def _settings_folder(identity: dict[str, Any]) -> str:
 
 def _read_meta(path: Path, reset: bool) -> dict[str, Any] | None:
     """The folder's ``settings.json``; ``None`` when it is damaged and ``reset`` will discard it."""
-    try:
-        meta = parse_json(path.read_bytes().decode("utf-8"))
-        problem = None if isinstance(meta, dict) else f"a JSON {type(meta).__name__}, not an object"
-    except OSError as exc:
-        problem = f"cannot be read: {exc.strerror or exc}"
-    except (UnicodeDecodeError, ValueError) as exc:
-        problem = f"not valid JSON: {exc}"
-    if problem is None and meta.get("format") != FORMAT_NAME:
-        problem = "not a pinid local-feature cache's"
-    if problem is not None:
+    meta, problem = read_json_object(path)
+    if meta is not None and meta.get("format") != FORMAT_NAME:
+        meta, problem = None, "not a pinid local-feature cache's"
+    if meta is None:
         if reset:
             return None
         raise InputError(f"local-feature cache {path.parent}: {META_FILE} is damaged ({problem}); pass "
