@@ -206,3 +206,62 @@ def test_the_private_name_check_would_catch_a_reach_inside() -> None:
               "import pinid._atomic\nrecogniser = index._recogniser\nname = __name__\n")
     assert _private_uses(source) == ["pinid.index._PinTable", "pinid.local.features._sift", "pinid._atomic",
                                      "._recogniser"]
+
+
+def test_bench_ann() -> None:
+    out = run_script("bench_ann.py", "--n", 3000, "--queries", 20, "--index-type", "ivf-sq8", "--probes", "4,8",
+                     "--flat-n", 2000, "--threads", 1).stdout
+    assert "| configuration | build s (<= 900) | recall@10 (>= 0.98) | p50 ms (<= 5) |" in out
+    for row in ("| 3,000 x 512 ivf-sq8, 76 lists, 4 probes | ", "| 3,000 x 512 ivf-sq8, 76 lists, 8 probes | ",
+                "| 2,000 x 512 flat | "):
+        assert row in out
+
+
+SMOKE_TESTS["bench_ann.py"] = test_bench_ann
+
+
+def test_bench_local_features(tmp_path: Path) -> None:
+    from tests.support import write_catalogue
+
+    catalogue = write_catalogue(tmp_path / "catalogue", pins=2)
+    out = run_script("bench_local_features.py", "--catalogue", catalogue, "--limit", "2", "--workers", "1",
+                     "--long-side", "160", "--profile").stdout
+    assert "| views | images | long side (px) | workers | seconds | images/s |" in out
+    assert "| default | 2 | 160 | 1 |" in out and "detectAndCompute" in out
+
+
+SMOKE_TESTS["bench_local_features.py"] = test_bench_local_features
+
+
+def test_bench_local_features_uses_public_names_only() -> None:
+    assert _private_uses((SCRIPTS / "bench_local_features.py").read_text(encoding="utf-8")) == []
+
+
+def test_bench_local_scale(bench: Path, tmp_path: Path) -> None:
+    out = run_script("bench_local_scale.py", "--bench", bench, "-o", tmp_path / "scale-index", "--images", 20,
+                     "--real", 2, "--queries", 1, "--workers", 1, "--threads", 1).stdout
+    assert "20 reference images (2 real pins, the rest synthetic copies)" in out
+    for row in ("| identify RSS (fresh process, peak) | ", "| identify p50, local only (wall) | ",
+                "| index size on disk | ", "| recall@1, local only | "):
+        assert row in out
+    assert not (tmp_path / "scale-index").exists()  # deleted once measured (--keep keeps it)
+
+
+SMOKE_TESTS["bench_local_scale.py"] = test_bench_local_scale
+
+
+def test_bench_local_scale_uses_public_names_only() -> None:
+    assert _private_uses((SCRIPTS / "bench_local_scale.py").read_text(encoding="utf-8")) == []
+
+
+def test_bench_change() -> None:
+    out = run_script("bench_change.py", "--pins", 3, "--workers", 1).stdout
+    assert "pins  change" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("3 ")]
+    assert [" ".join(row[1:4]) for row in rows] == ["add 1 pin", "update 1 pin", "remove 1 pin"]
+    written = {row[1]: float(row[5]) for row in rows}  # KB written by each change
+    index_kb = float(rows[0][6])
+    assert 0 < written["remove"] < index_kb  # a removal writes less than the index holds
+
+
+SMOKE_TESTS["bench_change.py"] = test_bench_change

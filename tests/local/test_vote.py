@@ -33,3 +33,107 @@ def test_vote_config_is_obeyed(tmp_path: Path) -> None:
     ids, _ = vote(flat, row_image, query.astype(np.uint8), keypoints[:1], keypoints,
                   config=VoteConfig(neighbours_per_descriptor=1))
     assert ids.tolist() == []
+
+
+def test_vote_rows_keep_every_descriptor_within_the_budget_and_the_largest_beyond_it() -> None:
+    from pinid.local.vote import VOCABULARY_BYTES_PER_DESCRIPTOR, vote_descriptors_per_image, vote_rows
+
+    rng = np.random.default_rng(0)
+    keypoints = rng.uniform(1, 50, (700, 4)).astype(np.float32)
+    descriptors = rng.integers(0, 256, (700, DESCRIPTOR_DIMS)).astype(np.uint8)
+    config = VoteConfig()  # 1 GB: ~15 M descriptors
+    assert vote_rows(keypoints, descriptors, config, 2_295).tolist() == list(range(700))  # the full benchmark: all
+    kept = vote_rows(keypoints, descriptors, config, 100_000)
+    per_image = (1 << 30) // VOCABULARY_BYTES_PER_DESCRIPTOR // 100_000  # 149
+    assert len(kept) == vote_descriptors_per_image(config, 100_000) == per_image
+    assert kept.tolist() == sorted(set(kept.tolist()))  # distinct rows in store order
+    assert kept[0] == 0 and kept[-1] >= 700 - 700 // per_image - 1  # spread over all views, first to last
+    assert (np.diff(kept) >= 700 // per_image).all()
+    assert len(vote_rows(keypoints, descriptors, VoteConfig(vote_descriptors_per_image=3), 1)) == 3  # a fixed cap
+    assert len(vote_rows(keypoints, descriptors, VoteConfig(vocabulary_budget_mb=0), 10**9)) == 700  # no budget
+    assert vote_rows(keypoints[:2], descriptors[:2], config, 10**9).tolist() == [0]  # at least one each
+    assert len(vote_rows(keypoints[:0], descriptors[:0], config, 100_000)) == 0
+
+
+def test_only_a_photos_strongest_descriptors_vote_when_limited() -> None:
+    rng = np.random.default_rng(1)
+    references = rng.integers(0, 256, (2, DESCRIPTOR_DIMS)).astype(np.uint8)
+    vocabulary = build_vocabulary(references)
+    row_image = np.array([7, 9])
+    keypoints = np.array([[10, 10, 4, 0], [10, 10, 4, 0]], np.float32)
+    query = references.copy()  # descriptor 0 (the strongest) is image 7's, descriptor 1 image 9's
+    ids, _ = vote(vocabulary, row_image, query, keypoints, keypoints)
+    assert sorted(ids.tolist()) == [7, 9]
+    ids, _ = vote(vocabulary, row_image, query, keypoints, keypoints, config=VoteConfig(vote_query_descriptors=1))
+    assert ids.tolist() == [7]
+
+
+def test_descriptors_are_added_a_chunk_at_a_time(monkeypatch) -> None:
+    import pinid.local.vote as vote_module
+
+    monkeypatch.setattr(vote_module, "_ADD_CHUNK", 3)
+    descriptors = np.random.default_rng(2).integers(0, 256, (10, DESCRIPTOR_DIMS)).astype(np.uint8)
+    rows = np.arange(100, 110)
+    vocabulary = build_vocabulary(descriptors, rows=rows)
+    assert vocabulary.ntotal == 10
+    _, found = vocabulary.search(descriptors.astype(np.float32), 1)
+    assert found[:, 0].tolist() == rows.tolist()
+
+
+def test_budget_settings_are_checked() -> None:
+    import pytest
+
+    from pinid.errors import IndexFormatError
+
+    for name in ("vocabulary_budget_mb", "vote_descriptors_per_image", "vote_query_descriptors"):
+        with pytest.raises(IndexFormatError, match=name):
+            VoteConfig.from_dict({name: -1})
+
+
+def test_vote_positions_budget_each_image_alike() -> None:
+    from pinid.local.vote import vote_positions, vote_rows
+
+    rng = np.random.default_rng(3)
+    counts = [5, 2, 7]
+    keypoints = rng.uniform(1, 50, (sum(counts), 4)).astype(np.float32)
+    row_images = np.repeat([4, 8, 6], counts)
+    config = VoteConfig(vote_descriptors_per_image=3)
+    expected, start = [], 0
+    for count in counts:
+        expected += (start + vote_rows(keypoints[start:start + count], np.zeros((count, DESCRIPTOR_DIMS)), config,
+                                       3)).tolist()
+        start += count
+    assert vote_positions(keypoints, row_images, config, 3).tolist() == expected
+    assert len(expected) == 3 + 2 + 3
+    assert vote_positions(keypoints, row_images, VoteConfig(), 3).tolist() == list(range(14))  # within budget
+
+
+def test_vote_geometry_gives_the_stores_sizes_and_angles_from_memory(tmp_path: Path) -> None:
+    from pinid.local.features import Features, ReferenceEntry
+    from pinid.local.store import LocalStore, Segment, write_segment
+    from pinid.local.vote import VoteGeometry
+
+    rng = np.random.default_rng(4)
+
+    def entry(count: int) -> ReferenceEntry:
+        keypoints = rng.uniform(0, 300, (count, 4)).astype(np.float32)
+        descriptors = rng.integers(0, 256, (count, DESCRIPTOR_DIMS)).astype(np.uint8)
+        return ReferenceEntry(Features(keypoints, descriptors, 320, 320), (0, 0, 320, 320),
+                              np.zeros((48, 48, 4), np.uint8))
+
+    first, _ = write_segment(tmp_path / "000000", [(0, entry(5)), (1, entry(3))])
+    second, _ = write_segment(tmp_path / "000001", [(2, entry(4))])
+    segments = [Segment("000000", 0, first), Segment("000001", 20, second)]  # a gap, as after dropped rows
+    store = LocalStore.load(tmp_path, segments)
+    geometry = VoteGeometry.read(tmp_path, segments)
+    rows = np.array([[0, 7, 20], [23, 21, 4]])
+    expected = store.keypoints[rows]
+    got = geometry[rows]
+    assert got.shape == (2, 3, 4)
+    assert np.array_equal(got[..., 2:], expected[..., 2:]) and not got[..., :2].any()
+    # the vote counts the same with it as with the mapped keypoints
+    vocabulary = build_vocabulary(np.concatenate([store.entry(i).features.descriptors for i in (0, 1, 2)]),
+                                  rows=store.global_rows([0, 1, 2]))
+    query = store.entry(1).features
+    assert [a.tolist() for a in vote(vocabulary, store.row_image, query.descriptors, query.keypoints, geometry)] == \
+        [a.tolist() for a in vote(vocabulary, store.row_image, query.descriptors, query.keypoints, store.keypoints)]
