@@ -3,7 +3,7 @@
 Usage:
     python scripts/bench_local_scale.py --bench BENCH_DIR -o OUT_INDEX [--images 100000] [--real 300]
         [--queries 100] [--real-from INDEX] [--workers 2] [--threads 2] [--keep] [--fast-vocabulary]
-        [--measure-only | --rebuild-vocabulary] [--vote NAME=VALUE ...] [--memory-geometry]
+        [--measure-only | --rebuild-vocabulary] [--vote NAME=VALUE ...]
 
 How the references are made (say so wherever a figure from here is quoted):
 
@@ -28,7 +28,7 @@ same shards but finds each descriptor's list through an HNSW graph over the trai
 instead of an exact scan (at 100k images: minutes instead of most of an hour on 2 busy cores; the
 same list but for rare near-ties). ``--rebuild-vocabulary`` redoes only the shards (after a change to
 ``vote_rows``); ``--measure-only`` measures again, e.g. with ``--vote NAME=VALUE`` query-side
-settings or ``--memory-geometry`` (the proposed in-memory vote geometry and pread entries).
+settings.
 
 Measured in a fresh process (``PinIndex.load(encoder=None)``, then one photo at a time):
 * identify RSS: peak resident memory of that process (ru_maxrss), load included;
@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import resource
 import sqlite3
 import subprocess
@@ -82,10 +81,6 @@ def main() -> None:
     parser.add_argument("--vote", action="append", default=[], metavar="NAME=VALUE",
                         help="measure with this VoteConfig setting changed (query side: e.g. inverted_lists_probed=8, "
                              "vote_query_descriptors=1000); repeatable")
-    parser.add_argument("--memory-geometry", action="store_true",
-                        help="the vote reads sizes and angles from pinid.local.vote.VoteGeometry (in memory) and "
-                             "verification reads entries with os.pread, not through memory maps: the changes "
-                             "proposed to keep RSS down")
     parser.add_argument("--measure-only", action="store_true", help="measure an index this script wrote before")
     parser.add_argument("--rebuild-vocabulary", action="store_true",
                         help="rebuild the vocabulary of an index this script wrote before (today's vote_rows), "
@@ -102,8 +97,7 @@ def main() -> None:
     built = time.perf_counter() - started
     done = subprocess.run([sys.executable, __file__, "--measure", "--bench", str(args.bench), "-o", str(args.output),
                            "--threads", str(args.threads), "--seed", str(args.seed), "--queries", str(queries),
-                           *[f"--vote={setting}" for setting in args.vote],
-                           *(["--memory-geometry"] if args.memory_geometry else [])],
+                           *[f"--vote={setting}" for setting in args.vote]],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"measuring failed:\n{done.stdout}\n{done.stderr}")
@@ -371,9 +365,8 @@ def measure(args: argparse.Namespace) -> None:
     index = PinIndex.load(args.output, encoder=None)
     loaded = time.perf_counter() - started
     recogniser = index.recogniser
-    if args.vote or args.memory_geometry:
-        recogniser = _with_vote_settings(recogniser, args.vote, args.output if args.memory_geometry else None,
-                                         index.manifest.segments)
+    if args.vote:
+        recogniser = _with_vote_settings(recogniser, args.vote)
     pin_image = {}
     for image_id in recogniser.table.image_ids.tolist():
         pin_id = recogniser.table.pins[recogniser.image_pin_rows[image_id]].pin_id
@@ -408,7 +401,7 @@ def measure(args: argparse.Namespace) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KB on Linux
     status = _memory_status()
     print(json.dumps({"rss": peak, "rss_anon": status.get("RssAnon", 0), "rss_file": status.get("RssFile", 0),
-                      "torch": "torch" in sys.modules, "memory_geometry": args.memory_geometry, "load_s": loaded,
+                      "torch": "torch" in sys.modules, "load_s": loaded,
                       "local_ms": local_ms, "clip_ms": clip_ms,
                       "local_cpu_ms": local_cpu, "clip_cpu_ms": clip_cpu, "vote": args.vote,
                       "hits": int(sum(hits)), "queries": len(rows), "images": len(all_ids),
@@ -429,14 +422,12 @@ def _memory_status() -> dict[str, int]:
     return found
 
 
-def _with_vote_settings(recogniser, settings: list[str], geometry_from: Path | None, segments: list):
-    """The same store, vocabulary and table, with some VoteConfig settings changed (query-side ones only),
-    and with ``geometry_from``, the vote's sizes and angles from a ``VoteGeometry`` of that index."""
+def _with_vote_settings(recogniser, settings: list[str]):
+    """The same store, vocabulary and table, with some VoteConfig settings changed (query-side ones only)."""
     import dataclasses
 
     from pinid.identify.recogniser import Recogniser
     from pinid.local.vocabulary import Vocabulary
-    from pinid.local.vote import VoteGeometry
 
     changes = {}
     for setting in settings:
@@ -445,64 +436,7 @@ def _with_vote_settings(recogniser, settings: list[str], geometry_from: Path | N
     config = dataclasses.replace(recogniser.config, vote=dataclasses.replace(recogniser.config.vote, **changes))
     vocabulary = Vocabulary(recogniser.vocabulary.shards, config.vote.inverted_lists_probed)
     vocabulary.exclude(recogniser.store.dead_rows())
-    store = recogniser.store
-    if geometry_from is not None:
-        store = _StoreWithGeometry(store, VoteGeometry.read(geometry_from / "local", segments),
-                                   geometry_from / "local", segments)
-    return Recogniser(store, vocabulary, recogniser.table, recogniser.calibration, config)
-
-
-class _StoreWithGeometry:
-    """A ``LocalStore`` whose ``keypoints`` (what the vote reads) are a ``VoteGeometry`` and whose entries are read
-    with ``os.pread`` from the segment files instead of through memory maps (the proposed store change).
-
-    Mapped pages count in RSS, and the kernel maps a file's cached neighbours
-    of every page a lookup faults in (fault-around, read-ahead): scattered
-    reads of a few KB leave hundreds of MB of mapped file resident per photo.
-    """
-
-    def __init__(self, store, geometry, local: Path, segments: list) -> None:
-        self.inner = store
-        self.keypoints = geometry
-        self.where: dict[int, tuple[Path, int, int, int]] = {}  # image id -> (segment folder, start, end, position)
-        self.geometry: dict[Path, np.ndarray] = {}
-        self.offsets: dict[tuple[Path, str], tuple[int, tuple[int, ...], np.dtype]] = {}
-        for segment in segments:
-            folder = local / segment.name
-            for image_id, start, end, position in np.load(folder / "images.npy", allow_pickle=False).tolist():
-                self.where[image_id] = (folder, start, end, position)
-            self.geometry[folder] = np.load(folder / "geometry.npy", allow_pickle=False)
-            for name in ("descriptors", "keypoints", "colour"):
-                with open(folder / f"{name}.npy", "rb") as handle:
-                    version = np.lib.format.read_magic(handle)
-                    shape, _, dtype = (np.lib.format.read_array_header_1_0(handle) if version == (1, 0)
-                                       else np.lib.format.read_array_header_2_0(handle))
-                    self.offsets[(folder, name)] = (handle.tell(), shape, dtype)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def __contains__(self, image_id: int) -> bool:
-        return image_id in self.inner
-
-    def read_rows(self, folder: Path, name: str, start: int, end: int) -> np.ndarray:
-        offset, shape, dtype = self.offsets[(folder, name)]
-        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        descriptor = os.open(folder / f"{name}.npy", os.O_RDONLY)
-        try:
-            data = os.pread(descriptor, (end - start) * row_bytes, offset + start * row_bytes)
-        finally:
-            os.close(descriptor)
-        return np.frombuffer(data, dtype=dtype).reshape(end - start, *shape[1:])
-
-    def entry(self, image_id: int):
-        from pinid.local.features import Features, ReferenceEntry
-
-        folder, start, end, position = self.where[int(image_id)]
-        width, height, x0, y0, x1, y1 = (float(v) for v in self.geometry[folder][position])
-        features = Features(self.read_rows(folder, "keypoints", start, end).astype(np.float32),
-                            self.read_rows(folder, "descriptors", start, end), int(width), int(height))
-        return ReferenceEntry(features, (x0, y0, x1, y1), self.read_rows(folder, "colour", position, position + 1)[0])
+    return Recogniser(recogniser.store, vocabulary, recogniser.table, recogniser.calibration, config)
 
 
 def print_table(args: argparse.Namespace, result: dict, size: int, built: float) -> None:
@@ -520,9 +454,6 @@ def print_table(args: argparse.Namespace, result: dict, size: int, built: float)
     print()
     if result["vote"]:
         print(f"vote settings changed for this measurement: {', '.join(result['vote'])}")
-    if result.get("memory_geometry"):
-        print("the vote read sizes and angles from a VoteGeometry in memory and entries were read with os.pread, "
-              "not through memory maps (the proposed change)")
     print("wall: elapsed time per photo; CPU: the process's own CPU time per photo (what other processes on a "
           "busy machine do not inflate)")
     print()

@@ -59,7 +59,7 @@ def main() -> None:
         features = query_features(work, config=config.features)
         featured = time.perf_counter()
         ids, _ = vote(recogniser.vocabulary, recogniser.store.row_image, features.descriptors,
-                      features.keypoints, recogniser.store.keypoints, config=config.vote)
+                      features.keypoints, recogniser.store.vote_keypoints, config=config.vote)
         voted = time.perf_counter()
         candidates = [(int(i), recogniser.store.entry(int(i))) for i in ids[:args.candidates]]
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)

@@ -137,7 +137,7 @@ class Recogniser:
                                   else config.features.query_long_side_px)
         features = query_features(work, board=board, config=config.features)
         voted_ids, vote_totals = vote(self.vocabulary, self.store.row_image, features.descriptors,
-                                      features.keypoints, self.store.keypoints, config=config.vote)
+                                      features.keypoints, self.store.vote_keypoints, config=config.vote)
         votes = {image_id: total for image_id, total in zip(voted_ids.tolist(), vote_totals.tolist())
                  if image_id not in excluded}
         clip_scores = dict(clip)

@@ -38,7 +38,7 @@ from ..identify.recogniser import LocalConfig
 from ..images import load_image, working_copy
 from ..local.features import DESCRIPTOR_DIMS, FeatureConfig, ReferenceEntry, reference_entry
 from ..local.store import Segment, segment_name, write_segment
-from ..local.vocabulary import SHARD_FILE, new_shard, train_template, write_shard
+from ..local.vocabulary import SHARD_FILE, new_shard, train_template, voting_rows, write_shard
 from ..results import BuildReport, Progress, counting
 from .format import (DATABASE_FILE, FORMAT_VERSION, LOCAL_DIR, MANIFEST_FILE, VECTORS_FILE, Manifest,
                      is_index_directory, read_manifest)
@@ -168,10 +168,11 @@ def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, o
         segment = segment_name(0)
         count, descriptors = write_segment(folder / LOCAL_DIR / segment,
                                            ((image_id, entries[i]) for image_id, i in enumerate(kept)))
-        template = train_template(descriptors, options.config.vote)
-        write_shard(new_shard(descriptors, np.arange(len(descriptors), dtype=np.int64), template),
-                    folder / LOCAL_DIR / segment)
-        manifest = new_manifest(encoder, catalogue, pins=len(rows), images=len(ok), descriptors=len(descriptors),
+        owners = np.repeat(np.arange(len(kept)), [len(entries[i].features) for i in kept])
+        voting = voting_rows(owners, options.config.vote, len(kept))
+        template = train_template(descriptors[voting], options.config.vote)
+        write_shard(new_shard(descriptors[voting], voting, template), folder / LOCAL_DIR / segment)
+        manifest = new_manifest(encoder, catalogue, pins=len(rows), images=len(ok), descriptors=len(voting),
                                 config=options.config, segments=[Segment(segment, 0, count)],
                                 generation=_generation_after(target), vectors=spec,
                                 index_type=options.index_type)

@@ -40,7 +40,8 @@ from ..encoder.clip import Encoder
 from ..errors import CatalogueError, IndexFormatError, InputError
 from ..identify.pin_table import PinTable
 from ..local.store import LocalStore, Segment, copy_segment, link_or_copy, segment_name, write_segment
-from ..local.vocabulary import SHARD_FILE, Vocabulary, new_shard, read_vocabulary, train_template, write_shard
+from ..local.vocabulary import (SHARD_FILE, Vocabulary, new_shard, read_vocabulary, train_template, voting_rows,
+                                write_shard)
 from ..results import Progress
 from ..tables import dumps, parse_json
 from .build import BuildOptions, encode_paths, reference_entries, vector_index, vectors_entry
@@ -317,12 +318,12 @@ class _Current:
                 segments, merged = self._merge_small(staging / LOCAL_DIR, segments)
                 number = max((int(s.name) for s in manifest.segments), default=-1) + 1
                 first_row = self.store.next_row
-                rows, descriptors = write_segment(
-                    staging / LOCAL_DIR / segment_name(number),
-                    [(image_id, self.store.entry(image_id)) for image_id in merged]
-                    + list(zip(new_ids.tolist(), added.entries)))
+                written = ([(image_id, self.store.entry(image_id)) for image_id in merged]
+                           + list(zip(new_ids.tolist(), added.entries)))
+                rows, descriptors = write_segment(staging / LOCAL_DIR / segment_name(number), written)
                 segments.append(Segment(segment_name(number), first_row, rows))
-                self._new_shard(staging, segments, descriptors, np.arange(first_row, first_row + rows, dtype=np.int64))
+                owners = np.repeat([image_id for image_id, _ in written], [len(e.features) for _, e in written])
+                self._new_shard(staging, segments, descriptors, owners, len(live))
             stored = read_vocabulary(staging / LOCAL_DIR, [s.name for s in segments], None).ntotal
             counts = {"pins": len(set(self.pin_images) - set(plan.drop_pins)) + len(pins_added),
                       "images": len(live)}
@@ -390,23 +391,28 @@ class _Current:
             shutil.rmtree(local / segment.name)
         return [largest], merged
 
-    def _new_shard(self, staging: Path, segments: list[Segment], descriptors: np.ndarray, rows: np.ndarray,
-                   ) -> None:
-        """The new segment's shard; if the vocabulary outgrows exact search now, every shard is retrained
-        once as an inverted file (the only change whose writing grows with the whole vocabulary)."""
+    def _new_shard(self, staging: Path, segments: list[Segment], descriptors: np.ndarray, row_images: np.ndarray,
+                   images: int) -> None:
+        """The new segment's shard (its rows within the vote's memory budget for ``images`` images in all);
+        if the vocabulary outgrows exact search now, every shard is retrained once as an inverted file
+        (the only change whose writing grows with the whole vocabulary)."""
         config = self.manifest.config().vote
+        first_row = segments[-1].first_row
+        voting = voting_rows(row_images, config, images)
         template = self.vocabulary.template()
-        total = self.vocabulary.ntotal + len(rows)
-        if template is None and total > config.exact_search_max_descriptors:
+        if template is None and self.vocabulary.ntotal + len(voting) > config.exact_search_max_descriptors:
             store = LocalStore.load(staging / LOCAL_DIR, segments[:-1])
             old_rows, old = store.live_descriptors()
-            template = train_template(np.concatenate([old, descriptors]), config)
+            kept = voting_rows(store.row_image[old_rows], config, images)
+            old_rows, old = old_rows[kept], old[kept]
+            template = train_template(np.concatenate([old, descriptors[voting]]), config)
             for segment in segments[:-1]:
                 mine = (old_rows >= segment.first_row) & (old_rows < segment.first_row + segment.rows)
                 shard_path = staging / LOCAL_DIR / segment.name
                 (shard_path / SHARD_FILE).unlink()
                 write_shard(new_shard(old[mine], old_rows[mine], template), shard_path)
-        write_shard(new_shard(descriptors, rows, template), staging / LOCAL_DIR / segments[-1].name)
+        write_shard(new_shard(descriptors[voting], first_row + voting, template),
+                    staging / LOCAL_DIR / segments[-1].name)
 
 
 def _prepare_images(plan: _Plan, current: _Current, encoder: Encoder | None, options: BuildOptions,

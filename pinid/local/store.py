@@ -1,4 +1,4 @@
-"""The ``local/`` arrays of an index: every reference image's features, memory-mapped, no pickle.
+"""The ``local/`` arrays of an index: every reference image's features, read on demand, no pickle.
 
 The store is a list of immutable *segments*, one per build or change that
 added images, so that adding images writes only the new ones (the unchanged
@@ -21,6 +21,7 @@ rebuild compacts the store.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -46,28 +47,85 @@ class Segment:
         return {"name": self.name, "first_row": self.first_row, "rows": self.rows}
 
 
+class _File:
+    """One ``.npy`` array of a segment, read with ``os.pread`` through a descriptor opened at load.
+
+    Not memory-mapped: the vote and verification read scattered rows, and every
+    mapped page they touch (with the kernel's read-ahead around it) stays
+    counted in the process's RSS; at 100,000 images that grew to gigabytes.
+    The descriptor keeps the file of the generation it was opened in.
+    """
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise ValueError(f"{path.name}: unknown .npy version {version}")
+            if dtype.hasobject or fortran:
+                raise ValueError(f"{path.name}: not a plain C-ordered array")
+            self.offset = handle.tell()
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = dtype
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * dtype.itemsize
+        expected = self.offset + self.shape[0] * self.row_bytes
+        if os.path.getsize(path) != expected:
+            raise ValueError(f"{path.name} is truncated or padded ({os.path.getsize(path)} bytes, not {expected})")
+        self.descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, end: int) -> np.ndarray:
+        data = os.pread(self.descriptor, (end - start) * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape(end - start, *self.shape[1:])
+
+    def close(self) -> None:
+        os.close(self.descriptor)
+
+
 class _Part:
-    """One loaded segment: memory-mapped arrays plus its live images, sorted by first row."""
+    """One loaded segment: its big arrays read on demand, sizes and angles of its rows (for the vote) and its
+    live images (sorted by first row) in memory."""
 
     def __init__(self, folder: Path, base: int) -> None:
+        self.files: list[_File] = []
         try:
-            arrays = [np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in _NAMES]
+            for name in ("descriptors", "keypoints", "colour"):
+                self.files.append(_File(folder / f"{name}.npy"))
+            images = np.load(folder / "images.npy", allow_pickle=False)
+            geometry = np.load(folder / "geometry.npy", allow_pickle=False)
+            keypoints = np.load(folder / "keypoints.npy", allow_pickle=False)
         except (OSError, ValueError) as exc:
+            self.close()
             raise IndexFormatError(f"local features are missing or damaged ({exc})") from None
-        self.descriptors, self.keypoints, images, geometry, self.colour = arrays
+        self.descriptors, self.keypoints, self.colour = self.files
         images = np.asarray(images, dtype=np.int64)
-        if (self.descriptors.ndim != 2 or self.descriptors.shape[1] != DESCRIPTOR_DIMS
-                or self.keypoints.shape != (len(self.descriptors), 4)
-                or images.ndim != 2 or images.shape[1] != 4 or len(geometry) != len(self.colour)
-                or (len(images) and (images[:, 1].min() < 0 or images[:, 2].max() > len(self.descriptors)
+        rows = len(self.descriptors)
+        if (len(self.descriptors.shape) != 2 or self.descriptors.shape[1] != DESCRIPTOR_DIMS
+                or self.keypoints.shape != (rows, 4) or keypoints.shape != (rows, 4)
+                or images.ndim != 2 or images.shape[1] != 4 or geometry.shape != (len(self.colour), 6)
+                or self.colour.shape[1:] != (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 4)
+                or (len(images) and (images[:, 1].min() < 0 or images[:, 2].max() > rows
                                      or (images[:, 2] < images[:, 1]).any() or images[:, 3].min() < 0
                                      or images[:, 3].max() >= len(geometry)))):
+            self.close()
             raise IndexFormatError("local feature arrays disagree in shape")
+        self.size_angle = np.ascontiguousarray(keypoints[:, 2:4], dtype=np.float16)  # 4 bytes a row
         order = np.argsort(images[:, 1], kind="stable")
         self.images = images[order, :3]
         self.positions = images[order, 3]  # row of geometry/colour for each image in self.images
         self.geometry = np.asarray(geometry, dtype=np.float32)
         self.base = base
+        self.rows = rows
+
+    def close(self) -> None:
+        for file in self.files:
+            file.close()
+        self.files = []
 
     def image_of_rows(self, local_rows: np.ndarray) -> np.ndarray:
         """The image id owning each local row, -1 for a dead row (its image was removed)."""
@@ -80,13 +138,14 @@ class _Part:
 
 
 class _Gathered:
-    """A read-only view over one array split across segments, indexed by global row (any index shape)."""
+    """A read-only view over all segments by global row (any index shape): the owning image of each row
+    (``pick="image"``), or its keypoint as the vote needs it (``pick="vote"``: x and y 0, size and angle)."""
 
     def __init__(self, parts: Sequence[_Part], pick: str) -> None:
         self._parts = parts
         self._pick = pick
         self._bases = np.array([part.base for part in parts], dtype=np.int64)
-        self._total = max((part.base + len(part.descriptors) for part in parts), default=0)
+        self._total = max((part.base + part.rows for part in parts), default=0)
         self.shape: tuple[int, ...] = (self._total,) if pick == "image" else (self._total, 4)
 
     def __len__(self) -> int:
@@ -107,16 +166,17 @@ class _Gathered:
             if self._pick == "image":
                 out[mask] = part.image_of_rows(local)
             else:
-                out[mask] = part.keypoints[local]
+                out[mask, 2:4] = part.size_angle[local]
         return out.reshape(rows.shape) if self._pick == "image" else out.reshape(*rows.shape, 4)
 
 
 class LocalStore:
-    """All live reference entries of an index, memory-mapped from its ``local/`` segments.
+    """All live reference entries of an index, read on demand from its ``local/`` segments.
 
-    ``keypoints`` and ``row_image`` are indexed by global row (what the
-    vocabulary returns); ``row_image`` gives -1 for a dead row. Nothing is read
-    into memory beyond the per-image tables: features are read on demand.
+    ``vote_keypoints`` (size and angle; x and y are 0) and ``row_image`` are
+    indexed by global row (what the vocabulary returns); ``row_image`` gives -1
+    for a dead row. In memory: the per-image tables and 4 bytes a row for the
+    vote's sizes and angles; features and colours are read (``pread``) per entry.
     """
 
     def __init__(self, parts: list[_Part], segments: list[Segment]) -> None:
@@ -129,8 +189,9 @@ class LocalStore:
                     raise IndexFormatError(f"local features list image {image_id} twice")
                 self._rows[image_id] = (number, start, end, position)
         self.image_ids = np.array(sorted(self._rows), dtype=np.int64)
-        self.keypoints = _Gathered(parts, "keypoints")
+        self.vote_keypoints = _Gathered(parts, "vote")
         self.row_image = _Gathered(parts, "image")
+        weakref.finalize(self, _close_all, list(parts))
 
     @property
     def next_row(self) -> int:
@@ -148,9 +209,9 @@ class LocalStore:
         number, start, end, position = self._rows[int(image_id)]
         part = self._parts[number]
         width, height, x0, y0, x1, y1 = (float(v) for v in part.geometry[position])
-        features = Features(np.asarray(part.keypoints[start:end], dtype=np.float32),
-                            np.asarray(part.descriptors[start:end]), int(width), int(height))
-        return ReferenceEntry(features, (x0, y0, x1, y1), np.asarray(part.colour[position]))
+        features = Features(part.keypoints.rows(start, end).astype(np.float32), part.descriptors.rows(start, end),
+                            int(width), int(height))
+        return ReferenceEntry(features, (x0, y0, x1, y1), part.colour.rows(position, position + 1)[0])
 
     def feature_count(self, image_id: int) -> int:
         _, start, end, _ = self._rows[int(image_id)]
@@ -169,7 +230,7 @@ class LocalStore:
         """Global rows no live image owns (their images were removed): what the vote must not find."""
         chunks = []
         for part in self._parts:
-            alive = np.zeros(len(part.descriptors), bool)
+            alive = np.zeros(part.rows, bool)
             for _, start, end in part.images.tolist():
                 alive[start:end] = True
             chunks.append(np.flatnonzero(~alive).astype(np.int64) + part.base)
@@ -181,7 +242,7 @@ class LocalStore:
         for part in self._parts:
             for _, start, end in part.images.tolist():
                 rows.append(np.arange(part.base + start, part.base + end, dtype=np.int64))
-                descriptors.append(np.asarray(part.descriptors[start:end]))
+                descriptors.append(part.descriptors.rows(start, end))
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, DESCRIPTOR_DIMS), np.uint8)
         return np.concatenate(rows), np.concatenate(descriptors)
@@ -200,14 +261,21 @@ class LocalStore:
                 part = _Part(folder / segment.name, segment.first_row)
             except IndexFormatError as exc:
                 raise IndexFormatError(f"index {index_dir}: segment {segment.name}: {exc}; rebuild it") from None
-            if len(part.descriptors) != segment.rows:
-                raise IndexFormatError(f"index {index_dir}: local segment {segment.name} holds "
-                                       f"{len(part.descriptors)} rows, the manifest says {segment.rows}; rebuild it")
             parts.append(part)
+            if part.rows != segment.rows:
+                _close_all(parts)
+                raise IndexFormatError(f"index {index_dir}: local segment {segment.name} holds "
+                                       f"{part.rows} rows, the manifest says {segment.rows}; rebuild it")
         try:
             return cls(parts, list(segments))
         except IndexFormatError as exc:
+            _close_all(parts)
             raise IndexFormatError(f"index {index_dir}: {exc}; rebuild it") from None
+
+
+def _close_all(parts: Sequence[_Part]) -> None:
+    for part in parts:
+        part.close()
 
 
 def segment_name(number: int) -> str:

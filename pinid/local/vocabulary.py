@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import IndexFormatError
 from .features import DESCRIPTOR_DIMS
-from .vote import VoteConfig, add_descriptors, build_vocabulary
+from .vote import VoteConfig, add_descriptors, train_vocabulary, vote_positions
 
 SHARD_FILE = "vocabulary.faiss"
 
@@ -48,12 +48,17 @@ def empty_template(index: Any) -> Any:
     return template
 
 
-def train_template(descriptors: np.ndarray, config: VoteConfig, seed: int = 0) -> Any | None:
-    """An empty vocabulary trained on ``descriptors`` (all a catalogue has, or a sample): an inverted file when
-    there are more than exact search allows, else ``None`` (exact shards need no training)."""
-    if len(descriptors) <= config.exact_search_max_descriptors:
-        return None
-    return empty_template(build_vocabulary(descriptors, seed, config=config))
+def voting_rows(row_images: np.ndarray, config: VoteConfig, catalogue_images: int) -> np.ndarray:
+    """Positions of the rows (of images stored contiguously, ``row_images`` naming each row's image) that go
+    into the vocabulary: all of them within the memory budget, an even spread of each image's beyond it."""
+    row_images = np.asarray(row_images, dtype=np.int64).reshape(-1)
+    return vote_positions(np.empty((len(row_images), 0)), row_images, config, catalogue_images)
+
+
+def train_template(descriptors: np.ndarray, config: VoteConfig, count: int | None = None) -> Any | None:
+    """An empty vocabulary trained on ``descriptors`` (those that will vote, or a sample of them) for ``count``
+    of them in all: an inverted file when exact search would be too slow for that many, else ``None``."""
+    return train_vocabulary(descriptors, config=config, count=count)
 
 
 def new_shard(descriptors: np.ndarray, rows: np.ndarray, template: Any | None) -> Any:
@@ -147,4 +152,4 @@ def read_vocabulary(local: Path, segment_names: Sequence[str], expected: int | N
 
 
 __all__ = ["SHARD_FILE", "Vocabulary", "empty_template", "is_inverted", "new_shard", "read_shard",
-           "read_vocabulary", "train_template", "write_shard"]
+           "read_vocabulary", "train_template", "voting_rows", "write_shard"]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -240,51 +240,6 @@ def read_vocabulary(path: Path, expected: int, *, config: VoteConfig = VoteConfi
     if hasattr(inverted, "nprobe"):
         inverted.nprobe = config.inverted_lists_probed
     return index
-
-
-class VoteGeometry:
-    """Size and angle of every reference row, held in memory (4 bytes a row), for the vote's geometric check.
-
-    The vote looks up the keypoints of ~60,000 scattered rows per photo. Read
-    from the memory-mapped store, every lookup faults in a page (and the
-    kernel's read-ahead around it) of the keypoint files: at 100,000 images
-    about 100 MB more of mapped file per photo, until all of them (0.5 GB) are
-    resident and counted in the process's RSS. Sizes and angles alone are
-    what the check needs; ``x`` and ``y`` come back as 0.
-    """
-
-    def __init__(self, first_rows: Sequence[int], size_angle: Sequence[np.ndarray]) -> None:
-        self._bases = np.asarray(first_rows, dtype=np.int64)
-        self._parts = [np.asarray(part, dtype=np.float16).reshape(-1, 2) for part in size_angle]
-        self.shape = (max((int(b) + len(p) for b, p in zip(self._bases, self._parts)), default=0), 4)
-
-    @classmethod
-    def read(cls, local: Path, segments: Sequence[Any]) -> "VoteGeometry":
-        """From each segment's ``keypoints.npy`` under ``local`` (read, not mapped), segments as the manifest lists."""
-        parts = []
-        for segment in segments:
-            try:
-                keypoints = np.load(local / segment.name / "keypoints.npy", allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise IndexFormatError(f"local features are missing or damaged ({exc})") from None
-            if keypoints.ndim != 2 or keypoints.shape[1] != 4:
-                raise IndexFormatError(f"{local / segment.name}: keypoints.npy is not (rows, 4)")
-            parts.append(np.ascontiguousarray(keypoints[:, 2:4], dtype=np.float16))
-            del keypoints
-        return cls([segment.first_row for segment in segments], parts)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64)
-        flat = rows.reshape(-1)
-        out = np.zeros((len(flat), 4), np.float32)
-        which = np.searchsorted(self._bases, flat, side="right") - 1
-        for number in np.unique(which):
-            mask = which == number
-            out[mask, 2:4] = self._parts[int(number)][flat[mask] - self._bases[int(number)]]
-        return out.reshape(*rows.shape, 4)
 
 
 def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypoints: np.ndarray,

@@ -108,32 +108,27 @@ def test_vote_positions_budget_each_image_alike() -> None:
     assert vote_positions(keypoints, row_images, VoteConfig(), 3).tolist() == list(range(14))  # within budget
 
 
-def test_vote_geometry_gives_the_stores_sizes_and_angles_from_memory(tmp_path: Path) -> None:
-    from pinid.local.features import Features, ReferenceEntry
-    from pinid.local.store import LocalStore, Segment, write_segment
-    from pinid.local.vote import VoteGeometry
+def test_the_store_gives_the_vote_sizes_and_angles_from_memory_and_entries_by_reading(tmp_path) -> None:
+    import gc
+    import os as os_module
 
-    rng = np.random.default_rng(4)
+    from pinid.local.features import reference_entry
+    from pinid.local.store import LocalStore, Segment, write_local_store
+    from tests.support import pin
 
-    def entry(count: int) -> ReferenceEntry:
-        keypoints = rng.uniform(0, 300, (count, 4)).astype(np.float32)
-        descriptors = rng.integers(0, 256, (count, DESCRIPTOR_DIMS)).astype(np.uint8)
-        return ReferenceEntry(Features(keypoints, descriptors, 320, 320), (0, 0, 320, 320),
-                              np.zeros((48, 48, 4), np.uint8))
-
-    first, _ = write_segment(tmp_path / "000000", [(0, entry(5)), (1, entry(3))])
-    second, _ = write_segment(tmp_path / "000001", [(2, entry(4))])
-    segments = [Segment("000000", 0, first), Segment("000001", 20, second)]  # a gap, as after dropped rows
-    store = LocalStore.load(tmp_path, segments)
-    geometry = VoteGeometry.read(tmp_path, segments)
-    rows = np.array([[0, 7, 20], [23, 21, 4]])
-    expected = store.keypoints[rows]
-    got = geometry[rows]
-    assert got.shape == (2, 3, 4)
-    assert np.array_equal(got[..., 2:], expected[..., 2:]) and not got[..., :2].any()
-    # the vote counts the same with it as with the mapped keypoints
-    vocabulary = build_vocabulary(np.concatenate([store.entry(i).features.descriptors for i in (0, 1, 2)]),
-                                  rows=store.global_rows([0, 1, 2]))
-    query = store.entry(1).features
-    assert [a.tolist() for a in vote(vocabulary, store.row_image, query.descriptors, query.keypoints, geometry)] == \
-        [a.tolist() for a in vote(vocabulary, store.row_image, query.descriptors, query.keypoints, store.keypoints)]
+    entries = [reference_entry(pin(seed)) for seed in (1, 2)]
+    descriptors = write_local_store(tmp_path / "local", zip([7, 9], entries))
+    open_before = len(os_module.listdir("/proc/self/fd"))
+    store = LocalStore.load(tmp_path / "local", [Segment("000000", 0, len(descriptors))])
+    assert not any(isinstance(value, np.memmap) for value in vars(store).values())
+    rows = np.array([[0, len(entries[0].features)]])  # the first row of each image
+    got = store.vote_keypoints[rows]
+    assert got.shape == (1, 2, 4) and (got[..., :2] == 0).all()
+    expected = [entries[0].features.keypoints[0, 2:4], entries[1].features.keypoints[0, 2:4]]
+    np.testing.assert_allclose(got[0, :, 2:4], np.float16(expected), rtol=1e-3)
+    again = store.entry(9)
+    assert np.array_equal(again.features.descriptors, entries[1].features.descriptors)
+    assert np.array_equal(again.colour, entries[1].colour)
+    del store, again
+    gc.collect()
+    assert len(os_module.listdir("/proc/self/fd")) == open_before  # the read descriptors are closed with the store
