@@ -31,7 +31,7 @@ same list but for rare near-ties). ``--rebuild-vocabulary`` redoes only the shar
 settings.
 
 Measured in a fresh process (``PinIndex.load(encoder=None)``, then one photo at a time):
-* identify RSS: peak resident memory of that process (ru_maxrss), load included;
+* identify RSS: peak resident memory of that process (VmHWM), load included;
 * identify p50 local-only: ``Recogniser.identify(load_image(photo))``, what ``PinIndex.identify`` does
   for an index without CLIP vectors (decode included), and recall@1 of those answers; wall time and
   the process's CPU time (which other processes on a busy machine do not inflate);
@@ -398,8 +398,10 @@ def measure(args: argparse.Namespace) -> None:
         clip_cpu.append(1000 * (time.process_time() - cpu))
         print(f"{number + 1}/{len(rows)}: {local_ms[-1]:.0f} ms local, {clip_ms[-1]:.0f} ms with CLIP list",
               file=sys.stderr, flush=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KB on Linux
     status = _memory_status()
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so this process would report the
+    # peak of the parent that synthesised the index
+    peak = status.get("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"rss": peak, "rss_anon": status.get("RssAnon", 0), "rss_file": status.get("RssFile", 0),
                       "torch": "torch" in sys.modules, "load_s": loaded,
                       "local_ms": local_ms, "clip_ms": clip_ms,
@@ -415,7 +417,7 @@ def _memory_status() -> dict[str, int]:
         with open("/proc/self/status", encoding="ascii") as handle:
             for line in handle:
                 name, _, value = line.partition(":")
-                if name in ("RssAnon", "RssFile", "VmRSS"):
+                if name in ("RssAnon", "RssFile", "VmRSS", "VmHWM"):
                     found[name] = int(value.split()[0]) * 1024
     except OSError:
         pass
