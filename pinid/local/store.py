@@ -217,15 +217,6 @@ class LocalStore:
         _, start, end, _ = self._rows[int(image_id)]
         return end - start
 
-    def global_rows(self, image_ids: Iterable[int]) -> np.ndarray:
-        """The global rows of these images' descriptors (for adding them to or removing them from a vocabulary)."""
-        chunks = []
-        for image_id in image_ids:
-            number, start, end, _ = self._rows[int(image_id)]
-            base = self._parts[number].base
-            chunks.append(np.arange(base + start, base + end, dtype=np.int64))
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
-
     def dead_rows(self) -> np.ndarray:
         """Global rows no live image owns (their images were removed): what the vote must not find."""
         chunks = []

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import IndexFormatError
 from .config import Config, check
 from .features import DESCRIPTOR_DIMS
 
@@ -181,11 +179,6 @@ def train_vocabulary(descriptors: np.ndarray, seed: int = 0, *, config: VoteConf
     return index
 
 
-def outgrown(index: Any, count: int, config: VoteConfig = VoteConfig()) -> bool:
-    """True when an exact (flat) vocabulary would hold more than ``count`` allows: rebuild it as an inverted file."""
-    return not hasattr(_inverted(index), "nlist") and count > config.exact_search_max_descriptors
-
-
 def add_descriptors(index: Any, descriptors: np.ndarray, rows: np.ndarray) -> None:
     """Add descriptors under their global store rows (converted to float32 a chunk at a time: a 15 M-row
     vocabulary would otherwise need 3.8 GB of float32 copies at once)."""
@@ -199,47 +192,6 @@ def add_descriptors(index: Any, descriptors: np.ndarray, rows: np.ndarray) -> No
 
 
 _ADD_CHUNK = 1 << 20  # descriptors converted and added at a time (256 MB of float32)
-
-
-def remove_descriptors(index: Any, rows: np.ndarray) -> int:
-    """Remove the descriptors with these global rows; returns how many were removed."""
-    if not len(rows):
-        return 0
-    import faiss
-
-    return int(index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))))
-
-
-def _inverted(index: Any) -> Any:
-    import faiss
-
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return index
-
-
-def write_vocabulary(index: Any, path: Path) -> None:
-    import faiss
-
-    faiss.write_index(index, str(path))
-
-
-def read_vocabulary(path: Path, expected: int, *, config: VoteConfig = VoteConfig()) -> Any:
-    import faiss
-
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as exc:
-        raise IndexFormatError(f"{path} is not a readable FAISS index ({str(exc).splitlines()[0]}); "
-                               "rebuild the index") from None
-    if index.ntotal != expected or index.d != DESCRIPTOR_DIMS:
-        raise IndexFormatError(f"{path} holds {index.ntotal} descriptors, the local store {expected}; "
-                               "rebuild the index")
-    inverted = _inverted(index)
-    if hasattr(inverted, "nprobe"):
-        inverted.nprobe = config.inverted_lists_probed
-    return index
 
 
 def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypoints: np.ndarray,

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from pinid.local.features import DESCRIPTOR_DIMS
-from pinid.local.vote import VoteConfig, build_vocabulary, read_vocabulary, vote, write_vocabulary
+from pinid.local.vocabulary import read_shard, write_shard
+from pinid.local.vote import VoteConfig, build_vocabulary, vote
 
 
 def test_vote_config_is_obeyed(tmp_path: Path) -> None:
@@ -16,10 +17,9 @@ def test_vote_config_is_obeyed(tmp_path: Path) -> None:
     assert not hasattr(build_vocabulary(descriptors), "nlist")  # 4,000 descriptors: a flat scan by default
     inverted = build_vocabulary(descriptors, config=VoteConfig(exact_search_max_descriptors=1000))
     assert inverted.nlist == 100  # count // 40
-    write_vocabulary(inverted, tmp_path / "vocabulary.faiss")
-    assert read_vocabulary(tmp_path / "vocabulary.faiss", 4000).nprobe == VoteConfig().inverted_lists_probed
-    assert read_vocabulary(tmp_path / "vocabulary.faiss", 4000,
-                           config=VoteConfig(inverted_lists_probed=3)).nprobe == 3
+    write_shard(inverted, tmp_path)
+    assert read_shard(tmp_path).nprobe == VoteConfig().inverted_lists_probed
+    assert read_shard(tmp_path, VoteConfig(inverted_lists_probed=3)).nprobe == 3
 
     # two reference images of one descriptor each; the query descriptor is nearest to image 7's
     flat = build_vocabulary(descriptors[:2])
