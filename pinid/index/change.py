@@ -112,6 +112,10 @@ def change_index(target: str | os.PathLike, action: Action, *, catalogue: Catalo
     ``options.config`` is ignored: a change always uses the settings the index was built with.
     """
     started = time.perf_counter()
+    if action not in ("add", "update", "remove"):
+        raise InputError(f"unknown change {action!r}: add, update or remove")
+    if (catalogue is None) != (action == "remove"):
+        raise InputError("add and update take a catalogue; remove takes pin ids")
     folder = check_index_target(target)
     if catalogue is not None:
         _check_apart(folder, catalogue)
@@ -121,20 +125,24 @@ def change_index(target: str | os.PathLike, action: Action, *, catalogue: Catalo
         if action == "remove":
             plan = current.plan_removal(remove)
         else:
-            assert catalogue is not None
             plan = current.plan_catalogue(catalogue, replace_pins=action == "update")
         added = _prepare_images(plan, current, encoder, options, on_progress)
         report = current.commit(action, plan, added, options, started)
     return report
 
 
-def replace_manifest(target: str | os.PathLike, edit: Callable[[Manifest], Manifest]) -> Manifest:
-    """A new generation whose manifest is ``edit(manifest)`` and every other file the same (hard-linked)."""
+def replace_manifest(target: str | os.PathLike, edit: Callable[[Manifest], Manifest],
+                     action: str = "calibrate") -> Manifest:
+    """A new generation whose manifest is ``edit(manifest)`` and every other file the same (hard-linked);
+    ``action`` names the change in the manifest's log."""
     folder = check_index_target(target)
     with output_lock(folder):
         manifest = read_manifest(folder)
         updated = edit(manifest)
-        updated = replace(updated, generation=manifest.generation + 1)
+        generation = manifest.generation + 1
+        entry = {"generation": generation, "action": action,
+                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        updated = replace(updated, generation=generation, changes=(updated.changes + [entry])[-MAX_CHANGES:])
 
         def write(staging: Path) -> None:
             for entry in folder.iterdir():

@@ -295,3 +295,20 @@ def test_small_segments_are_merged_so_the_vote_searches_few_shards_and_answers_s
     fresh = PinIndex.build(read_catalogue(final), tmp_path / "fresh", None)
     assert index.recogniser.store.live_rows == fresh.recogniser.store.live_rows
     _assert_same_answers(PinIndex.load(tmp_path / "idx"), fresh)
+
+
+def test_a_change_is_asked_for_in_one_clear_form_and_calibration_is_logged(tmp_path: Path) -> None:
+    from pinid.index.change import change_index
+
+    start = tmp_path / "start"
+    _write_pin(start, "pin-0", [10])
+    _write_pin(start, "pin-1", [11])
+    index = PinIndex.build(read_catalogue(start), tmp_path / "idx", None)
+    with pytest.raises(InputError, match="take a catalogue"):
+        change_index(index.path, "add")
+    with pytest.raises(InputError, match="take a catalogue"):
+        change_index(index.path, "remove", catalogue=read_catalogue(start), remove=["pin-0"])
+    with pytest.raises(InputError, match="unknown change"):
+        change_index(index.path, "rename", catalogue=read_catalogue(start))  # type: ignore[arg-type]
+    index.replace_calibration(index.calibration)
+    assert index.generation == 2 and index.manifest.changes[-1]["action"] == "calibrate"
