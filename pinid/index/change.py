@@ -462,10 +462,7 @@ def _link_tree(source: Path, target: Path) -> None:
         for entry in source.iterdir():
             _link_tree(entry, target / entry.name)
         return
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+    link_or_copy(source, target)
 
 
 __all__ = ["ChangeReport", "change_index", "check_index_target", "replace_manifest"]
