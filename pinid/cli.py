@@ -702,6 +702,44 @@ def _stages(quiet: bool) -> Iterator[Any]:
             bar.close()
 
 
+@cli.command()
+@click.option("-i", "--index", "index_dir", required=True, type=click.Path(path_type=Path),
+              help="index directory made by `pinid build-index`")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on (0.0.0.0 exposes the service to your network)")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="identification threads (the model is loaded once and shared)")
+@click.option("--queue", type=click.IntRange(min=0), default=16, show_default=True,
+              help="requests that may wait for a worker; beyond them the answer is 503 with Retry-After")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
+              help="largest upload accepted (413 above)")
+@click.option("--admin-token-file", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="file holding the token (16+ characters) that admin routes require; without it they answer 401")
+@click.option("--uploads-dir", type=click.Path(path_type=Path), default=None,
+              help="where pins added through the admin API keep their images [default: INDEX-uploads beside "
+                   "the index, with --admin-token-file]")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="allow browser pages from this origin to call the API (repeatable) [default: none]")
+@_device_option
+@_offline_option
+@_threads_option
+def serve(index_dir: Path, host: str, port: int, workers: int, queue: int, max_upload_mb: float,
+          admin_token_file: Path | None, uploads_dir: Path | None, cors_origins: tuple[str, ...], device: str,
+          offline: bool | None, threads: int | None) -> None:
+    """Serve the HTTP API and the web page for one index (needs the `serve` extra).
+
+    The index and its model are loaded once; --workers threads answer, and up to
+    --queue more requests wait. The page is at /, the API's documentation at /docs.
+    SIGTERM or Ctrl-C finish the requests in flight, then stop.
+    """
+    from .serve.run import serve_index
+
+    serve_index(index_dir, host=host, port=port, workers=workers, queue=queue, max_upload_mb=max_upload_mb,
+                admin_token_file=admin_token_file, uploads_dir=uploads_dir, cors_origins=cors_origins,
+                device=device, offline=offline, threads=threads, echo=lambda line: click.echo(line, err=True))
+
+
 @cli.command("export-model")
 @click.argument("model")
 @click.option("--pretrained", default=None, metavar="TAG|FILE", help="pretrained tag or weights file")

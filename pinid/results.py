@@ -79,7 +79,8 @@ class Match:
         if self.inliers is not None:
             result["inliers"] = self.inliers
             result["colour_distance"] = finite_or_none(self.colour_distance, 2)
-            result["polygon"] = self.polygon
+            result["polygon"] = None if self.polygon is None else [[round(float(x), 1), round(float(y), 1)]
+                                                                   for x, y in self.polygon]
         return result
 
 

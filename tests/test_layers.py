@@ -11,6 +11,7 @@ low to high::
     identify
     index
     dedup evaluation        (and pinid/__init__.py, the public facade)
+    serve                   (the HTTP service: `pinid serve` starts it)
     cli
 
 A unit is a top-level module or subpackage of pinid. A unit may import its
@@ -38,6 +39,7 @@ LAYERS: list[set[str]] = [
     {"identify"},
     {"index"},
     {"dedup", "evaluation", FACADE},
+    {"serve"},
     {"cli"},
 ]
 LEVEL = {unit: level for level, units in enumerate(LAYERS) for unit in units}

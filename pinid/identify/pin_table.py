@@ -8,6 +8,7 @@ time: a damaged row is an ``IndexFormatError`` there, not a traceback later.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable
 
 import numpy as np
@@ -50,9 +51,26 @@ class PinTable:
         rows = np.array([row for row, pin in self.pins.items() if pin.pin_id in wanted], np.int64)
         return set(self.image_ids[np.isin(self.image_pin_rows, rows)].tolist()) if len(rows) else set()
 
+    def pin(self, pin_id: str) -> PinRow | None:
+        """The pin with this id, or None."""
+        row = self._rows_by_id.get(pin_id)
+        return None if row is None else self.pins[row]
+
     def images_of(self, pin_id: str) -> list[str]:
-        """Recorded paths of a pin's reference images."""
-        rows = [row for row, pin in self.pins.items() if pin.pin_id == pin_id]
-        if not rows:
+        """Recorded paths of a pin's reference images, by image id."""
+        row = self._rows_by_id.get(pin_id)
+        if row is None:
             return []
-        return [self.image_paths[int(i)] for i in self.image_ids[self.image_pin_rows == rows[0]]]
+        return [self.image_paths[image_id] for image_id in self._image_ids_by_row.get(row, [])]
+
+    # A server asks these per answer: maps built once per table, not a scan of every pin per call.
+    @cached_property
+    def _rows_by_id(self) -> dict[str, int]:
+        return {pin.pin_id: row for row, pin in self.pins.items()}
+
+    @cached_property
+    def _image_ids_by_row(self) -> dict[int, list[int]]:
+        grouped: dict[int, list[int]] = {}
+        for image_id, row in zip(self.image_ids.tolist(), self.image_pin_rows.tolist()):
+            grouped.setdefault(int(row), []).append(int(image_id))
+        return grouped

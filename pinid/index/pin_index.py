@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .._atomic import stale_siblings
-from ..catalogue import Catalogue
+from ..catalogue import Catalogue, PinRecord
 from ..encoder.clip import Encoder, check_text_query
 from ..encoder.weights import EncoderSpec
 from ..errors import (EncoderMismatchError, ImageError, IndexFormatError, InputError, LocalOnlyError,
@@ -263,6 +263,15 @@ class PinIndex:
         """Paths of a pin's reference images, as recorded at build time."""
         return self._table.images_of(pin_id)
 
+    def pin(self, pin_id: str) -> PinRecord | None:
+        """A pin's name, metadata and reference image paths (as recorded at build time), or None if unknown."""
+        state = self._state
+        row = state.table.pin(pin_id)
+        if row is None:
+            return None
+        images = tuple(Path(path) for path in state.table.images_of(pin_id))
+        return PinRecord(row.pin_id, row.name, dict(row.metadata), images)
+
     def pin_of(self, candidate: Candidate) -> str:
         """The pin id of a candidate's reference image."""
         return self._table.pins[candidate.pin_row].pin_id
@@ -298,10 +307,11 @@ class PinIndex:
             InputError: ``k`` or ``candidates`` below 1.
             LocalOnlyError: ``verify=False`` on an index without CLIP vectors.
         """
-        candidates = self._recogniser.config.candidates.max_candidates if candidates is None else candidates
+        state = self._state  # one generation for the whole call, whatever reload() does meanwhile
+        candidates = state.recogniser.config.candidates.max_candidates if candidates is None else candidates
         _check_positive(k=k, candidates=candidates, batch_size=batch_size)
         if not verify:
-            return self._identify_by_clip(images, k, batch_size, on_progress)
+            return self._identify_by_clip(state, images, k, batch_size, on_progress)
         results = []
         for start in range(0, len(images), batch_size):  # each photo is decoded once, a batch at a time
             chunk = images[start:start + batch_size]
@@ -312,12 +322,12 @@ class PinIndex:
                 except ImageError as exc:
                     photos.append(exc)
             readable = [photo for photo in photos if isinstance(photo, Image.Image)]
-            clip = iter(self._clip_candidates(readable, candidates))
+            clip = iter(self._clip_candidates(state, readable, candidates))
             for source, photo in zip(chunk, photos):
                 if isinstance(photo, ImageError):
                     results.append(Identification(_query_name(source), [], photo.reason))
                 else:
-                    results.append(self._recogniser.identify(photo, next(clip), k=k, limit=candidates,
+                    results.append(state.recogniser.identify(photo, next(clip), k=k, limit=candidates,
                                                              query=_query_name(source)))
                 if on_progress is not None:
                     on_progress("identifying", len(results), len(images))
@@ -340,15 +350,17 @@ class PinIndex:
         Returns the candidates best first and the factor from their polygons' pixels to the photo's.
         """
         photo = load_image(image)
-        limit = self._recogniser.config.candidates.max_candidates if candidates is None else candidates
-        excluded = self._table.image_ids_of(exclude_pins)
-        clip = self._clip_candidates([photo], limit + len(excluded))[0]
-        return self._recogniser.candidates(photo, clip, limit=limit, exclude=excluded)
+        state = self._state
+        limit = state.recogniser.config.candidates.max_candidates if candidates is None else candidates
+        excluded = state.table.image_ids_of(exclude_pins)
+        clip = self._clip_candidates(state, [photo], limit + len(excluded))[0]
+        return state.recogniser.candidates(photo, clip, limit=limit, exclude=excluded)
 
     def search(self, vectors: Any, k: int = 5) -> list[list[Match]]:
         """Top-``k`` pins per CLIP query vector, each pin at its best reference image (``similarity``)."""
         _check_positive(k=k)
-        return search_pins(self._require_searcher(), self._table, vectors, k)
+        state = self._state
+        return search_pins(_require_searcher(self.path, state), state.table, vectors, k)
 
     def search_text(self, query: str, k: int = 5) -> list[Match]:
         """Top-``k`` pins for a description ("gold fox with a red rim"), by CLIP text-image similarity.
@@ -371,38 +383,41 @@ class PinIndex:
                              "with PinIndex.load(path), which loads the encoder it was built with")
         return self.search(self.encoder.encode_texts([query]), k)[0]
 
-    def _clip_candidates(self, photos: list[Image.Image], candidates: int) -> list[list[tuple[int, float]]]:
+    def _clip_candidates(self, state: _Generation, photos: list[Image.Image],
+                         candidates: int) -> list[list[tuple[int, float]]]:
         """(image id, cosine) of the CLIP top list per decoded photo; empty lists without an encoder."""
-        if self.encoder is None or self._searcher is None or not photos:
+        if self.encoder is None or state.searcher is None or not photos:
             return [[] for _ in photos]
         encoded = self.encoder.encode_images(photos, batch_size=len(photos))
-        scores, ids = self._searcher.search(encoded.vectors, min(candidates, len(self._table.image_ids)))
+        scores, ids = state.searcher.search(encoded.vectors, min(candidates, len(state.table.image_ids)))
         found: dict[int, list[tuple[int, float]]] = {
             position: [(int(i), float(v)) for i, v in zip(id_row, score_row) if i >= 0]
             for position, score_row, id_row in zip(encoded.ok, scores, ids)}
         return [found.get(position, []) for position in range(len(photos))]
 
-    def _identify_by_clip(self, images: Sequence[ImageSource], k: int, batch_size: int,
+    def _identify_by_clip(self, state: _Generation, images: Sequence[ImageSource], k: int, batch_size: int,
                           on_progress: Progress | None) -> list[Identification]:
-        self._require_searcher()
+        searcher = _require_searcher(self.path, state)
         if self.encoder is None:
             raise InputError("this index was loaded without an encoder; load it with encoder='manifest'")
         encoded = self.encoder.encode_images(images, batch_size=batch_size,
                                              on_progress=counting(on_progress, "identifying", len(images)))
-        ranked = self.search(encoded.vectors, k=k)
+        ranked = search_pins(searcher, state.table, encoded.vectors, k)
         by_position = dict(zip(encoded.ok, ranked))
         errors = dict(encoded.failures)
         return [Identification(_query_name(image), by_position.get(i, []), errors.get(i))
                 for i, image in enumerate(images)]
 
-    def _require_searcher(self) -> Any:
-        if self._searcher is None:
-            raise LocalOnlyError(f"index {self.path} has local features only (--encoder local): CLIP search "
-                                 "and --no-verify are not available")
-        return self._searcher
 
 
 # --------------------------------------------------------------------- checks
+def _require_searcher(path: Path, state: _Generation) -> Any:
+    if state.searcher is None:
+        raise LocalOnlyError(f"index {path} has local features only (--encoder local): CLIP search "
+                             "and --no-verify are not available")
+    return state.searcher
+
+
 _LOAD_ATTEMPTS = 5  # a reader retries when a writer swapped the directory while it was being read
 
 
