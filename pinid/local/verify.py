@@ -35,6 +35,9 @@ class VerifyConfig(Config):
     ransac_max_iterations: int = 4000
     ransac_confidence: float = 0.995
     homography_min_inliers: int = 8  # affine inliers needed before a full homography is tried
+    # ... and the share of the pin's outline their hull must cover: inliers in one band leave a
+    # homography's perspective free, and its outline then swings far off the pin (the affine holds)
+    homography_min_spread: float = 0.1
     distinct_cells_per_side: int = 64  # grid over the reference on which distinct inliers are counted
     max_anisotropy: float = 4.0  # singular-value ratio of the map: tilt up to about 75 degrees
     min_pin_area_px: float = 576.0  # 24 x 24: the pin must cover at least this much of the photo
@@ -44,6 +47,7 @@ class VerifyConfig(Config):
         check(0 < self.ratio_test_max <= 1, "ratio_test_max must be in (0, 1]")
         check(0 < self.ransac_confidence < 1, "ransac_confidence must be in (0, 1)")
         check(self.max_reprojection_share > 0, "max_reprojection_share must be above 0")
+        check(0 <= self.homography_min_spread <= 1, "homography_min_spread must be in [0, 1]")
         for name in ("min_matches", "min_inliers", "homography_min_inliers", "min_pin_area_px"):
             check(getattr(self, name) >= 0, f"{name} must be at least 0")
         for name in ("ransac_max_iterations", "distinct_cells_per_side", "max_anisotropy", "max_colour_regions"):
@@ -142,6 +146,16 @@ def _sane(homography: np.ndarray, outline: np.ndarray, photo_area: float, config
                                                                           max(np.ptp(outline[:, 1]), 1e-6)))
 
 
+def _spread(points: np.ndarray, outline: np.ndarray) -> float:
+    """The area of the points' convex hull as a share of the outline's (0 for points on a line)."""
+    import cv2
+
+    outline_area = cv2.contourArea(outline.astype(np.float32))
+    if len(points) < 3 or outline_area <= 0:
+        return 0.0
+    return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32))) / outline_area)
+
+
 def _distinct(points: np.ndarray, cell: float) -> int:
     return len({(int(x // cell), int(y // cell)) for x, y in points})
 
@@ -172,7 +186,8 @@ def verify_geometry(image_id: int, entry: ReferenceEntry, query: Features, ref_r
     inlier = mask.ravel().astype(bool)
     to_reference = np.vstack([affine, [0.0, 0.0, 1.0]])
     # refine to a full homography on the affine inliers when it keeps (almost) as many
-    if inlier.sum() >= config.homography_min_inliers:
+    if inlier.sum() >= config.homography_min_inliers and _spread(ref_xy[inlier], entry.outline) >= \
+            config.homography_min_spread:
         homography, hmask = cv2.findHomography(query_xy[inlier], ref_xy[inlier], cv2.RANSAC, threshold)
         if homography is not None and hmask is not None and hmask.sum() >= 0.9 * inlier.sum():
             to_reference = homography

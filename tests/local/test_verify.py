@@ -252,3 +252,24 @@ def test_calibration_written_before_the_rename_still_loads() -> None:
     assert Calibration.from_dict(legacy).unknown_below == 0.42
     with pytest.raises(IndexFormatError):
         Calibration.from_dict({**default_calibration().to_dict(), "unknown_below": 1.5})
+
+
+def test_inliers_in_one_band_keep_the_affine_outline(tmp_path: Path) -> None:
+    """examples/photo.jpg: every inlier lies in one band across the heart. A homography fitted to them
+    left its perspective free and swung one corner off the photo; the affine keeps the outline on the pin."""
+    from pinid.local.verify import _spread
+
+    line = np.array([[0, 0], [10, 10], [20, 20], [30, 30]], np.float32)
+    box = np.array([[0, 0], [100, 0], [100, 100], [0, 100]], np.float32)
+    assert _spread(line, box) == 0.0 and _spread(box, box) == pytest.approx(1.0)
+    assert _spread(np.array([[0, 0], [50, 0], [50, 10]], np.float32), box) == pytest.approx(0.025)
+    root = Path(__file__).resolve().parents[2] / "examples"
+    index = PinIndex.build(read_catalogue(root / "catalogue"), tmp_path / "index", None)
+    answer = index.identify(root / "photo.jpg")
+    polygon = np.asarray(answer.matches[0].polygon)
+    assert answer.matches[0].pin_id == "heart-gold"
+    assert polygon.min() >= 0 and (polygon[:, 0] <= 640).all() and (polygon[:, 1] <= 480).all()
+    # the pin (measured on the photo: an ellipse centred near (368, 222)) lies inside the outline
+    assert cv2.pointPolygonTest(polygon.astype(np.float32), (368.0, 222.0), False) > 0
+    sides = np.linalg.norm(polygon - np.roll(polygon, 1, axis=0), axis=1)
+    assert sides.max() / sides.min() < 1.5  # a square pin box stays near square under a mild tilt
