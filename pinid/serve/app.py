@@ -16,6 +16,7 @@ import hmac
 import io
 import json
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -82,7 +83,8 @@ class _Service:
     options: ServeOptions
     pool: WorkPool
     metrics: Metrics = field(default_factory=Metrics)
-    thumbnails: dict[tuple[str, int, int, str], bytes] = field(default_factory=dict)
+    thumbnails: dict[tuple[str, int, int, str], bytes] = field(default_factory=dict)  # newest last, at most 512
+    thumbnails_lock: threading.Lock = field(default_factory=threading.Lock)
     ready: bool = True
 
     async def run(self, function: Any, *args: Any) -> Any:
@@ -159,7 +161,8 @@ class _Service:
                                                  f"numbered from 0")
         path = str(record.images[number])
         key = (pin_id, number, side, path)
-        cached = self.thumbnails.get(key)
+        with self.thumbnails_lock:
+            cached = self.thumbnails.get(key)
         if cached is not None:
             return cached
         try:
@@ -170,10 +173,11 @@ class _Service:
         small, _ = working_copy(image, side)
         out = io.BytesIO()
         small.save(out, "JPEG", quality=85)
-        if len(self.thumbnails) >= 512:
-            self.thumbnails.pop(next(iter(self.thumbnails)))
-        self.thumbnails[key] = out.getvalue()
-        return self.thumbnails[key]
+        with self.thumbnails_lock:  # worker threads share the cache
+            while len(self.thumbnails) >= 512:
+                self.thumbnails.pop(next(iter(self.thumbnails)))
+            self.thumbnails[key] = out.getvalue()
+        return out.getvalue()
 
     # -------------------------------------------------------------- admin
     def change_pin(self, action: Literal["add", "update"], pin_id: str, name: str | None,
@@ -191,7 +195,8 @@ class _Service:
 
     def reload(self) -> dict[str, Any]:
         changed = self.index.reload()
-        self.thumbnails.clear()
+        with self.thumbnails_lock:
+            self.thumbnails.clear()
         return {"reloaded": changed, "generation": self.index.generation, "pins": len(self.index)}
 
     def _uploads_dir(self) -> Path:
