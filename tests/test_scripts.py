@@ -265,3 +265,10 @@ def test_bench_change() -> None:
 
 
 SMOKE_TESTS["bench_change.py"] = test_bench_change
+
+
+# bench_serve.py's smoke test lives beside the service's tests (it starts `pinid serve`); registered here so
+# that every script has one. Imported as a module, so pytest does not collect its tests twice.
+from tests.serve import test_bench_serve as _serve_smoke  # noqa: E402
+
+SMOKE_TESTS["bench_serve.py"] = _serve_smoke.test_bench_serve_smallest_run
