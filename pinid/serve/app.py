@@ -18,7 +18,7 @@ import json
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path, PurePath
 from typing import Any, Literal
@@ -38,6 +38,7 @@ from ..errors import (EncoderMismatchError, ImageError, IndexFormatError, InputE
                       PinidError)
 from ..images import load_image, working_copy
 from ..index import PinIndex
+from ..index.change import ChangeReport
 from ..tables import clean_text, has_control_characters
 from .metrics import Metrics, resident_bytes
 from .uploads import MULTIPART_OVERHEAD, ApiError, BodyLimit, decode_upload
@@ -221,13 +222,10 @@ class _Service:
         return target
 
 
-def _change_json(report: Any) -> dict[str, Any]:
-    return {"action": report.action, "changed": report.changed, "generation": report.generation,
-            "pins_added": report.pins_added, "pins_replaced": report.pins_replaced,
-            "pins_removed": report.pins_removed, "images_added": report.images_added,
-            "images_removed": report.images_removed, "unchanged": report.unchanged,
-            "skipped": [{"image": PurePath(where).name, "reason": why} for where, why in report.skipped],
-            "seconds": round(report.seconds, 3)}
+def _change_json(report: ChangeReport) -> dict[str, Any]:
+    """The report for a client: skipped images by file name only (no path of this server's disk)."""
+    return {**asdict(report), "changed": report.changed, "seconds": round(report.seconds, 3),
+            "skipped": [{"image": PurePath(where).name, "reason": why} for where, why in report.skipped]}
 
 
 def _status_of(error: PinidError) -> int:
@@ -251,8 +249,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 def _upload_name(upload: UploadFile) -> str:
     """The client's file name, as plain text for echoing (never used as a path)."""
-    name = PurePath((upload.filename or "upload").replace("\\", "/")).name or "upload"
-    return "".join(ch for ch in name if ch.isprintable())[:200] or "upload"
+    return clean_text(PurePath((upload.filename or "").replace("\\", "/")).name, "upload")[:200]
 
 
 def create_app(index: PinIndex, options: ServeOptions = ServeOptions()) -> FastAPI:
