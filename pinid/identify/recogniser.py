@@ -24,10 +24,10 @@ from PIL import Image
 from ..errors import IndexFormatError
 from ..images import working_copy
 from ..local.config import Config, check, unknown_names
-from ..local.features import FeatureConfig, query_features
+from ..local.features import FeatureConfig, Features, query_feature_pair
 from ..local.store import LocalStore
-from ..local.verify import Verification, VerifyConfig, colour_distance, verify
-from ..local.vote import VoteConfig, vote
+from ..local.verify import Verification, VerifyConfig, colour_distance, quick_inliers, verify
+from ..local.vote import Ballot, VoteConfig, ballot
 from ..results import Found, Identification, Match
 from .confidence import Calibration, candidate_features, sigmoid
 from .pin_table import PinTable
@@ -41,10 +41,14 @@ class CandidateConfig(Config):
     max_board_candidates: int = 80  # ... per board photo
     max_colourway_sources: int = 3  # aligned candidates whose colourways are checked too
     same_pin_overlap_above: float = 0.3  # polygons overlapping more (intersection over the smaller) are one pin
+    screened_candidates: int = 150  # of each vote (photo, mirror image), checked cheaply first (0: vote order)
+    screen_min_inliers: int = 6  # cheap-check inliers that move an image ahead of the vote order
 
     def __post_init__(self) -> None:
         check(self.max_candidates >= 1 and self.max_board_candidates >= 1, "candidate limits must be at least 1")
         check(self.max_colourway_sources >= 0, "max_colourway_sources must be at least 0")
+        check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0,
+              "screened_candidates and screen_min_inliers must be at least 0")
         check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
 
 
@@ -135,11 +139,8 @@ class Recogniser:
         clip = [(int(image_id), float(cosine)) for image_id, cosine in clip if int(image_id) not in excluded]
         work, back = working_copy(image, config.features.board_long_side_px if board
                                   else config.features.query_long_side_px)
-        features = query_features(work, board=board, config=config.features)
-        voted_ids, vote_totals = vote(self.vocabulary, self.store.row_image, features.descriptors,
-                                      features.keypoints, self.store.vote_keypoints, config=config.vote)
-        votes = {image_id: total for image_id, total in zip(voted_ids.tolist(), vote_totals.tolist())
-                 if image_id not in excluded}
+        features, mirror = query_feature_pair(work, board=board, config=config.features)
+        votes, mirrored = self._screen(features, mirror, excluded)
         clip_scores = dict(clip)
         order: list[int] = []
         for image_id in _interleave([image_id for image_id, _ in clip], list(votes)):
@@ -148,8 +149,7 @@ class Recogniser:
             if len(order) == limit:
                 break
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
-        checked = verify(features, lab, [(image_id, self.store.entry(image_id)) for image_id in order],
-                         config=config.verify)
+        checked = self._verify(order, mirrored, features, mirror, lab)
         checked = self._with_colourways(checked, lab, excluded)
         order += [v.image_id for v in checked[len(order):]]
         found = [Candidate(v.image_id, self.image_pin_rows[v.image_id], self.designs[self.image_pin_rows[v.image_id]],
@@ -160,6 +160,60 @@ class Recogniser:
         position = {image_id: i for i, image_id in enumerate(order)}
         result.sort(key=lambda c: (-c.rank_score, position[c.image_id]))
         return result, back
+
+    def _screen(self, features: Features, mirror: Features | None, excluded: frozenset[int]
+                ) -> tuple[dict[int, float], bool]:
+        """Voted images in the order to verify them, with their votes, and whether the photo is mirrored.
+
+        The photo and its mirror image vote separately (a mirrored photo of an
+        asymmetric pin gets only chance votes as taken). The first
+        ``screened_candidates`` images of each vote then get the cascade's cheap
+        check (``quick_inliers``: does one affine map explain the vote's own
+        matches?). The orientation whose best image did better wins (as taken,
+        on a tie); its images are verified in the order of the cheap check
+        where it found at least ``screen_min_inliers``, then in vote order.
+        """
+        config = self.config.candidates
+        outcomes: dict[bool, tuple[list[tuple[int, float]], dict[int, int]]] = {}
+        for flip, seen in ((False, features), (True, mirror)):
+            if seen is None:
+                continue
+            found = ballot(self.vocabulary, self.store.row_image, seen.descriptors, seen.keypoints,
+                           self.store.vote_keypoints, config=self.config.vote)
+            kept = [(image_id, total) for image_id, total in zip(found.images.tolist(), found.totals.tolist())
+                    if image_id not in excluded]
+            matches = _matches_by_image(found) if config.screened_candidates else {}
+            quick: dict[int, int] = {}
+            for image_id, _ in kept[:config.screened_candidates]:
+                if image_id in self.store:
+                    query_rows, reference_rows = matches.get(image_id, (np.zeros(0, np.int64),) * 2)
+                    keypoints, first_row, long_side = self.store.keypoints(image_id)
+                    quick[image_id] = quick_inliers(seen.keypoints[query_rows],
+                                                    keypoints[reference_rows - first_row], long_side,
+                                                    config=self.config.verify)
+            outcomes[flip] = (kept, quick)
+        strongest = {flip: max(quick.values(), default=0) for flip, (_, quick) in outcomes.items()}
+        # mirrored only on clear evidence: chance matches give one or two inliers either way
+        mirrored = strongest.get(True, 0) >= max(config.screen_min_inliers, strongest[False] + 1)
+        kept, quick = outcomes[mirrored]
+        floor = config.screen_min_inliers
+        ranked = sorted(kept, key=lambda item: -(quick.get(item[0], 0) if quick.get(item[0], 0) >= floor else 0))
+        return dict(ranked), mirrored
+
+    def _verify(self, order: list[int], mirrored: bool, features: Features, mirror: Features | None,
+                lab: np.ndarray) -> list[Verification]:
+        """Verify the candidates in the photo's orientation; results map reference to photo pixels."""
+        if not mirrored or mirror is None:
+            return verify(features, lab, [(i, self.store.entry(i)) for i in order], config=self.config.verify)
+        flip = np.array([[-1.0, 0.0, lab.shape[1] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        found = []
+        for v in verify(mirror, np.ascontiguousarray(lab[:, ::-1]), [(i, self.store.entry(i)) for i in order],
+                        config=self.config.verify):
+            if v.aligned:
+                polygon = (v.polygon * [-1.0, 1.0] + [lab.shape[1] - 1.0, 0.0]).astype(np.float32)
+                v = replace(v, homography=flip @ v.homography, polygon=polygon)
+            found.append(v)
+        return found
 
     def _with_colourways(self, checked: list[Verification], lab: np.ndarray, excluded: frozenset[int] = frozenset()
                          ) -> list[Verification]:
@@ -257,6 +311,15 @@ class Recogniser:
                 accepted.append((candidate, confidence, polygon))
         return [Found(self.matches([candidate], 1, back)[0], confidence, polygon)
                 for candidate, confidence, polygon in accepted]
+
+
+def _matches_by_image(found: Ballot) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The ballot's matches grouped by image: (query rows, global reference rows)."""
+    order = np.argsort(found.match_images, kind="stable")
+    images, starts = np.unique(found.match_images[order], return_index=True)
+    ends = np.r_[starts[1:], len(order)]
+    return {int(image_id): (found.query_rows[order[start:end]], found.reference_rows[order[start:end]])
+            for image_id, start, end in zip(images.tolist(), starts.tolist(), ends.tolist())}
 
 
 def _box_to_box(source: tuple[float, float, float, float], target: tuple[float, float, float, float]) -> np.ndarray:

@@ -168,6 +168,21 @@ def _grey_array(image: Image.Image) -> np.ndarray:
 def query_features(image: Image.Image, *, board: bool = False, config: FeatureConfig = FeatureConfig()
                    ) -> Features:
     """Features of a photo at a bounded size; coordinates are in the photo's own pixels."""
+    return query_feature_pair(image, board=board, config=config, mirrored=False)[0]
+
+
+def query_feature_pair(image: Image.Image, *, board: bool = False, config: FeatureConfig = FeatureConfig(),
+                       mirrored: bool = True) -> tuple[Features, Features | None]:
+    """Features of a photo, and (``mirrored``) those of its left-right mirror image, from one SIFT run.
+
+    Front cameras and some listing sites mirror photos. SIFT is mirror-
+    covariant: a mirrored image has the same keypoints (x -> width - 1 - x,
+    angle -> 180 - angle) and descriptors whose bins are permuted (rows of the
+    4 x 4 grid reversed, orientation bins negated; ``MIRROR_BINS``), so the
+    mirror's features cost a permutation, not a second extraction. Rows of
+    both sets correspond one to one; the mirror's coordinates are in the
+    mirrored photo's pixels.
+    """
     import cv2
 
     side, limit = ((config.board_long_side_px, config.max_board_features) if board
@@ -178,9 +193,28 @@ def query_features(image: Image.Image, *, board: bool = False, config: FeatureCo
         grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     points, responses, descriptors = _sift(grey, config.sift_contrast_threshold)
     keep = np.argsort(-responses, kind="stable")[:limit]
-    points = points[keep]
-    points[:, :3] /= scale
-    return Features(points, encode_descriptors(descriptors[keep]), image.width, image.height)
+    points, descriptors = points[keep], descriptors[keep]
+    seen = points.copy()
+    seen[:, :3] /= scale
+    upright = Features(seen, encode_descriptors(descriptors), image.width, image.height)
+    if not mirrored:
+        return upright, None
+    flipped = points.copy()
+    flipped[:, 0] = grey.shape[1] - 1 - flipped[:, 0]
+    flipped[:, 3] = (180.0 - flipped[:, 3]) % 360.0
+    flipped[:, :3] /= scale
+    return upright, Features(flipped, encode_descriptors(descriptors[:, MIRROR_BINS]), image.width, image.height)
+
+
+def _mirror_bins() -> np.ndarray:
+    """Where each of SIFT's 128 bins (4 x 4 grid rows, columns, 8 orientations) moves when the image is
+    mirrored left-right about the keypoint's direction: grid rows reverse, orientations negate (checked
+    against OpenCV's descriptors of mirrored images in tests/local/test_features.py)."""
+    grid = np.arange(128).reshape(4, 4, 8)
+    return np.ascontiguousarray(grid[::-1][:, :, (-np.arange(8)) % 8].reshape(-1))
+
+
+MIRROR_BINS = _mirror_bins()
 
 
 def _views(width: int, height: int, config: FeatureConfig) -> list[tuple[np.ndarray, int]]:

@@ -213,6 +213,14 @@ class LocalStore:
                             int(width), int(height))
         return ReferenceEntry(features, (x0, y0, x1, y1), part.colour.rows(position, position + 1)[0])
 
+    def keypoints(self, image_id: int) -> tuple[np.ndarray, int, float]:
+        """One image's keypoints (n, 4) float32, the global row of the first (what the vote returns), and the
+        image's long side in pixels."""
+        number, start, end, position = self._rows[int(image_id)]
+        part = self._parts[number]
+        width, height = (float(v) for v in part.geometry[position][:2])
+        return part.keypoints.rows(start, end).astype(np.float32), part.base + start, max(width, height)
+
     def feature_count(self, image_id: int) -> int:
         _, start, end, _ = self._rows[int(image_id)]
         return end - start

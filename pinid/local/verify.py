@@ -111,6 +111,38 @@ def match_all(query: Features, references: list[Features], *, config: VerifyConf
     return result
 
 
+def quick_inliers(query_keypoints: np.ndarray, reference_keypoints: np.ndarray, reference_long_side: float, *,
+                  config: VerifyConfig = VerifyConfig(), max_matches: int = 300) -> int:
+    """Tentative matches (from the vote) that one similarity transform explains: the cascade's cheap check.
+
+    Full verification matches every reference descriptor against the photo's;
+    this reuses the vote's nearest neighbours instead, so hundreds of
+    candidates can be screened for the cost of a few full checks. Each match's
+    two keypoints (position, size, angle) give one similarity hypothesis
+    (Philbin et al. 2007); every hypothesis is tried against every match, with
+    twice verification's tolerance (for tilt), and the best one's inliers are
+    counted as distinct positions on both sides, as verification counts them.
+    """
+    query = np.asarray(query_keypoints, dtype=np.float64)[:max_matches]
+    reference = np.asarray(reference_keypoints, dtype=np.float64)[:max_matches]
+    if len(query) < 3:
+        return 0
+    scale = np.maximum(reference[:, 2], 1e-3) / np.maximum(query[:, 2], 1e-3)  # photo -> reference, per match
+    turn = np.deg2rad(reference[:, 3] - query[:, 3])
+    cos, sin = scale * np.cos(turn), scale * np.sin(turn)
+    # hypothesis h maps photo point p to R_h p + t_h, with t_h fixed by its own match
+    tx = reference[:, 0] - (cos * query[:, 0] - sin * query[:, 1])
+    ty = reference[:, 1] - (sin * query[:, 0] + cos * query[:, 1])
+    px = cos[:, None] * query[None, :, 0] - sin[:, None] * query[None, :, 1] + tx[:, None]
+    py = sin[:, None] * query[None, :, 0] + cos[:, None] * query[None, :, 1] + ty[:, None]
+    threshold = 2 * config.max_reprojection_share * reference_long_side
+    inliers = (px - reference[None, :, 0]) ** 2 + (py - reference[None, :, 1]) ** 2 < threshold ** 2
+    best = int(np.argmax(inliers.sum(axis=1)))
+    chosen = inliers[best]
+    cell = reference_long_side / config.distinct_cells_per_side
+    return min(_distinct(reference[chosen, :2], cell), _distinct(query[chosen, :2], max(2.0, cell / scale[best])))
+
+
 def _hough_filter(ref_kp: np.ndarray, query_kp: np.ndarray) -> np.ndarray:
     """Keep matches that agree with the most common rotation and scale change (Lowe 2004, section 7)."""
     rotation = (query_kp[:, 3] - ref_kp[:, 3]) % 360.0
@@ -274,4 +306,5 @@ def verify(query: Features, photo_lab: np.ndarray, candidates: list[tuple[int, R
     return results
 
 
-__all__ = ["Verification", "VerifyConfig", "verify", "match_all", "verify_geometry", "colour_distance"]
+__all__ = ["Verification", "VerifyConfig", "verify", "match_all", "verify_geometry", "colour_distance",
+           "quick_inliers"]

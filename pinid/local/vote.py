@@ -194,9 +194,38 @@ def add_descriptors(index: Any, descriptors: np.ndarray, rows: np.ndarray) -> No
 _ADD_CHUNK = 1 << 20  # descriptors converted and added at a time (256 MB of float32)
 
 
+@dataclass(frozen=True)
+class Ballot:
+    """The vote's outcome: images best first, their votes, and the tentative matches behind those votes.
+
+    ``query_rows``, ``reference_rows`` (global store rows) and ``match_images``
+    list, for every image, the matches that voted in its winning bin of
+    rotation and scale change: what a cheap spatial check can test before full
+    verification (``pinid.local.verify.quick_inliers``).
+    """
+
+    images: np.ndarray
+    totals: np.ndarray
+    query_rows: np.ndarray
+    reference_rows: np.ndarray
+    match_images: np.ndarray
+
+    @classmethod
+    def empty(cls) -> "Ballot":
+        nothing = np.zeros(0, np.int64)
+        return cls(nothing, np.zeros(0, np.float32), nothing, nothing, nothing)
+
+
 def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypoints: np.ndarray,
          reference_keypoints: np.ndarray, *, config: VoteConfig = VoteConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids, votes) for every image that got a vote, best first.
+    """(image ids, votes) for every image that got a vote, best first (``ballot`` without its matches)."""
+    found = ballot(index, row_image, descriptors, query_keypoints, reference_keypoints, config=config)
+    return found.images, found.totals
+
+
+def ballot(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypoints: np.ndarray,
+           reference_keypoints: np.ndarray, *, config: VoteConfig = VoteConfig()) -> Ballot:
+    """Every image that got a vote, best first, with the matches behind its votes.
 
     Keypoints (n, 4: x, y, size, angle) of the query and of every reference
     row let votes be checked for weak geometric consistency (Jegou et
@@ -205,7 +234,7 @@ def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypo
     one piece while chance neighbours scatter.
     """
     if len(descriptors) == 0 or index.ntotal == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return Ballot.empty()
     if config.vote_query_descriptors:  # a photo's features come strongest first (query_features)
         descriptors = descriptors[:config.vote_query_descriptors]
         query_keypoints = query_keypoints[:config.vote_query_descriptors]
@@ -237,6 +266,12 @@ def vote(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_keypo
     unique_images, image_of_bin = np.unique(unique_keys // (rotation_bins * scale_bins), return_inverse=True)
     totals = np.zeros(len(unique_images))
     np.maximum.at(totals, image_of_bin, bin_totals)
+    # each image's winning bin (the first of equal ones) and the matches that voted in it
+    winner = np.full(len(unique_images), -1, np.int64)
+    best_bins = np.flatnonzero(bin_totals == totals[image_of_bin])
+    winner[image_of_bin[best_bins[::-1]]] = best_bins[::-1]
+    in_winner = winner[image_of_bin[inverse]] == inverse
     totals = totals.astype(np.float32)
     ranking = np.argsort(-totals, kind="stable")
-    return unique_images[ranking], totals[ranking]
+    return Ballot(unique_images[ranking], totals[ranking], np.nonzero(chosen)[0][in_winner],
+                  rows[chosen][in_winner].astype(np.int64), chosen_images[in_winner].astype(np.int64))

@@ -159,3 +159,32 @@ def test_excluded_reference_images_are_never_candidates(parts) -> None:
     # pin-002's alignment is not lent to its excluded colourway
     ranked, _ = rec.candidates(photo_of(pin(2), seed=7), limit=1, exclude={2})
     assert [c.image_id for c in ranked] == [1]
+
+
+# ---------------------------------------------------------------- mirrors and the cheap first check
+def test_a_mirrored_photo_is_identified_and_outlined_where_the_pin_is(parts) -> None:
+    from PIL import ImageOps
+
+    photo = photo_of(pin(5))
+    mirrored = ImageOps.mirror(photo)
+    rec = recogniser(parts)
+    as_taken, flipped = rec.identify(photo, k=1), rec.identify(mirrored, k=1)
+    assert flipped.matches[0].pin_id == "pin-005" and not flipped.unknown
+    assert flipped.matches[0].inliers >= 0.6 * as_taken.matches[0].inliers
+    # the outline is the as-taken outline mirrored (same corners, in the mirrored photo's pixels)
+    expected = np.array(as_taken.matches[0].polygon) * [-1, 1] + [photo.width - 1, 0]
+    found = np.array(flipped.matches[0].polygon)
+    assert min(np.abs(found - np.roll(expected, shift, axis=0)).max() for shift in range(4)) < 12
+    # and the photo as taken still aligns upright, with no fewer inliers than before mirrors were tried
+    ranked, _ = rec.candidates(photo)
+    assert ranked[0].image_id == 3 and ranked[0].verification.distinct_inliers >= 8
+
+
+def test_screening_orders_candidates_by_the_cheap_check(parts) -> None:
+    photo = photo_of(pin(5))
+    screened, _ = recogniser(parts).candidates(photo, limit=1)
+    assert [c.image_id for c in screened][:1] == [3]  # the one verified is the right one
+    unscreened = LocalConfig(candidates=CandidateConfig(screened_candidates=0))
+    assert recogniser(parts, unscreened).candidates(photo, limit=1)[0][0].image_id == 3  # vote order agrees here
+    with pytest.raises(ValueError, match="screened_candidates"):
+        CandidateConfig(screened_candidates=-1)

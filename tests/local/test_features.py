@@ -44,3 +44,51 @@ def test_fast_config_has_fewer_views_and_round_trips() -> None:
     assert len(fast.tilt_directions_deg) < len(default.tilt_directions_deg)
     assert max(fast.tilted_view_long_sides_px) < max(default.tilted_view_long_sides_px)
     assert len(reference_entry(pin(5), config=fast).features) > 100
+
+
+def test_mirror_bins_are_the_descriptors_of_the_mirrored_image() -> None:
+    # OpenCV's own descriptors of a mirrored image, at the mirrored keypoints, against each of our candidate
+    # permutations: MIRROR_BINS must be the one that reproduces them (the rest differ by ~100 %)
+    import cv2
+
+    from pinid.local.features import MIRROR_BINS
+
+    grey = np.asarray(pin(5).convert("L"))
+    sift = cv2.SIFT_create(contrastThreshold=0.02)
+    keypoints, descriptors = sift.detectAndCompute(grey, None)
+    width = grey.shape[1]
+    mirrored = [cv2.KeyPoint(width - 1 - k.pt[0], k.pt[1], k.size, (180.0 - k.angle) % 360.0, k.response, k.octave)
+                for k in keypoints]
+    _, expected = sift.compute(np.ascontiguousarray(grey[:, ::-1]), mirrored)
+    grid = np.arange(128).reshape(4, 4, 8)
+    negated = (-np.arange(8)) % 8
+    others = [np.arange(128), grid[:, ::-1][:, :, negated].reshape(-1), grid[::-1].reshape(-1)]
+
+    def error(bins: np.ndarray) -> float:
+        return float(np.abs(expected - descriptors[:, bins]).mean() / np.abs(expected).mean())
+
+    assert error(MIRROR_BINS) < 0.2
+    assert all(error(bins) > 0.5 for bins in others)
+
+
+def test_mirrored_features_describe_the_mirrored_photo() -> None:
+    from PIL import ImageOps
+
+    from pinid.local.features import query_feature_pair
+
+    photo = Image.fromarray(place(background(), pin(5), PERSPECTIVE))
+    upright, mirror = query_feature_pair(photo)
+    assert mirror is not None and len(mirror) == len(upright)
+    assert np.allclose(mirror.keypoints[:, 0], photo.width - 1 - upright.keypoints[:, 0], atol=1.0)
+    # each mirror feature finds its counterpart among the features SIFT finds in the mirrored photo
+    seen = query_features_of(ImageOps.mirror(photo))
+    distances = np.linalg.norm(mirror.descriptors[:200, None].astype(np.float32)
+                               - seen.descriptors[None].astype(np.float32), axis=2)
+    nearest = distances.argmin(axis=1)
+    offset = np.linalg.norm(mirror.keypoints[:200, :2] - seen.keypoints[nearest, :2], axis=1)
+    assert np.mean(offset < 2.0) > 0.8
+    assert query_feature_pair(photo, mirrored=False)[1] is None
+
+
+def query_features_of(image: Image.Image):
+    return query_features(image)

@@ -132,3 +132,21 @@ def test_the_store_gives_the_vote_sizes_and_angles_from_memory_and_entries_by_re
     del store, again
     gc.collect()
     assert len(os_module.listdir("/proc/self/fd")) == open_before  # the read descriptors are closed with the store
+
+
+def test_a_ballot_keeps_the_matches_that_voted_in_each_images_winning_bin() -> None:
+    from pinid.local.vote import ballot
+
+    rng = np.random.default_rng(2)
+    references = rng.integers(0, 256, (6, DESCRIPTOR_DIMS)).astype(np.uint8)
+    row_image = np.array([7, 7, 7, 9, 9, 9])
+    # image 7: three matches turned by the same 90 degrees; image 9: two at 0 degrees, one at 180
+    reference_keypoints = np.array([[0, 0, 4, 0]] * 6, np.float32)
+    query_keypoints = np.array([[0, 0, 4, 90], [0, 0, 4, 90], [0, 0, 4, 90], [0, 0, 4, 0], [0, 0, 4, 0],
+                                [0, 0, 4, 180]], np.float32)
+    found = ballot(build_vocabulary(references), row_image, references, query_keypoints, reference_keypoints)
+    assert found.images.tolist()[:2] == [7, 9] or set(found.images.tolist()) == {7, 9}
+    by_image = {image: sorted(found.query_rows[found.match_images == image].tolist()) for image in (7, 9)}
+    assert by_image == {7: [0, 1, 2], 9: [3, 4]}  # the 180-degree match voted outside 9's winning bin
+    assert sorted(found.reference_rows[found.match_images == 7].tolist()) == [0, 1, 2]
+    assert found.totals.dtype == np.float32 and len(found.query_rows) == len(found.reference_rows)
