@@ -43,12 +43,13 @@ class CandidateConfig(Config):
     same_pin_overlap_above: float = 0.3  # polygons overlapping more (intersection over the smaller) are one pin
     screened_candidates: int = 150  # of each vote (photo, mirror image), checked cheaply first (0: vote order)
     screen_min_inliers: int = 6  # cheap-check inliers that move an image ahead of the vote order
+    mirror_fallback_candidates: int = 25  # verified in the other orientation when nothing aligned well (0: never)
 
     def __post_init__(self) -> None:
         check(self.max_candidates >= 1 and self.max_board_candidates >= 1, "candidate limits must be at least 1")
         check(self.max_colourway_sources >= 0, "max_colourway_sources must be at least 0")
-        check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0,
-              "screened_candidates and screen_min_inliers must be at least 0")
+        check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.mirror_fallback_candidates >= 0,
+              "screened_candidates, screen_min_inliers and mirror_fallback_candidates must be at least 0")
         check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
 
 
@@ -140,7 +141,7 @@ class Recogniser:
         work, back = working_copy(image, config.features.board_long_side_px if board
                                   else config.features.query_long_side_px)
         features, mirror = query_feature_pair(work, board=board, config=config.features)
-        votes, mirrored = self._screen(features, mirror, excluded)
+        votes, mirrored, other_votes = self._screen(features, mirror, excluded)
         clip_scores = dict(clip)
         order: list[int] = []
         for image_id in _interleave([image_id for image_id, _ in clip], list(votes)):
@@ -150,6 +151,13 @@ class Recogniser:
                 break
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
         checked = self._verify(order, mirrored, features, mirror, lab)
+        fallback = config.candidates.mirror_fallback_candidates
+        if mirror is not None and fallback and not any(
+                v.aligned and v.distinct_inliers >= config.candidates.screen_min_inliers for v in checked):
+            # nothing aligned convincingly: the photo may be mirrored after all (the cheap check missed it)
+            others = [image_id for image_id in other_votes if image_id in self.store][:fallback]
+            checked = _stronger(checked, self._verify(others, not mirrored, features, mirror, lab))
+            votes = {**other_votes, **votes}
         checked = self._with_colourways(checked, lab, excluded)
         order += [v.image_id for v in checked[len(order):]]
         found = [Candidate(v.image_id, self.image_pin_rows[v.image_id], self.designs[self.image_pin_rows[v.image_id]],
@@ -162,8 +170,9 @@ class Recogniser:
         return result, back
 
     def _screen(self, features: Features, mirror: Features | None, excluded: frozenset[int]
-                ) -> tuple[dict[int, float], bool]:
-        """Voted images in the order to verify them, with their votes, and whether the photo is mirrored.
+                ) -> tuple[dict[int, float], bool, dict[int, float]]:
+        """Voted images in the order to verify them, with their votes, whether the photo is mirrored, and the
+        other orientation's images and votes (vote order).
 
         The photo and its mirror image vote separately (a mirrored photo of an
         asymmetric pin gets only chance votes as taken). The first
@@ -198,7 +207,8 @@ class Recogniser:
         kept, quick = outcomes[mirrored]
         floor = config.screen_min_inliers
         ranked = sorted(kept, key=lambda item: -(quick.get(item[0], 0) if quick.get(item[0], 0) >= floor else 0))
-        return dict(ranked), mirrored
+        other = dict(outcomes[not mirrored][0]) if (not mirrored) in outcomes else {}
+        return dict(ranked), mirrored, other
 
     def _verify(self, order: list[int], mirrored: bool, features: Features, mirror: Features | None,
                 lab: np.ndarray) -> list[Verification]:
@@ -311,6 +321,18 @@ class Recogniser:
                 accepted.append((candidate, confidence, polygon))
         return [Found(self.matches([candidate], 1, back)[0], confidence, polygon)
                 for candidate, confidence, polygon in accepted]
+
+
+def _stronger(first: list[Verification], second: list[Verification]) -> list[Verification]:
+    """``first`` with each image's stronger verification of the two (aligned, then more distinct inliers),
+    and then the images only ``second`` has."""
+    by_image = {v.image_id: v for v in second}
+    merged = []
+    for v in first:
+        other = by_image.pop(v.image_id, None)
+        merged.append(v if other is None or (v.aligned, v.distinct_inliers) >= (other.aligned, other.distinct_inliers)
+                      else other)
+    return merged + list(by_image.values())
 
 
 def _matches_by_image(found: Ballot) -> dict[int, tuple[np.ndarray, np.ndarray]]:
