@@ -188,3 +188,15 @@ def test_screening_orders_candidates_by_the_cheap_check(parts) -> None:
     assert recogniser(parts, unscreened).candidates(photo, limit=1)[0][0].image_id == 3  # vote order agrees here
     with pytest.raises(ValueError, match="screened_candidates"):
         CandidateConfig(screened_candidates=-1)
+
+
+def test_a_mirrored_photo_the_cheap_check_missed_is_found_by_the_fallback(parts) -> None:
+    from PIL import ImageOps
+
+    mirrored = ImageOps.mirror(photo_of(pin(5)))
+    blind = CandidateConfig(screen_min_inliers=1000)  # the cheap check never calls a photo mirrored
+    ranked, _ = recogniser(parts, LocalConfig(candidates=blind)).candidates(mirrored)
+    assert ranked[0].image_id == 3 and ranked[0].aligned and ranked[0].verification.distinct_inliers >= 6
+    without = dataclasses.replace(blind, mirror_fallback_candidates=0)
+    ranked, _ = recogniser(parts, LocalConfig(candidates=without)).candidates(mirrored)
+    assert not any(c.aligned and c.image_id == 3 and c.verification.distinct_inliers >= 6 for c in ranked)
