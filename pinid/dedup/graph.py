@@ -3,11 +3,12 @@
 Dense similarity matrices are what make other dedup tools run out of memory
 at 60k images (imagededup #95, #133, #191). Here candidate pairs come from a
 FAISS k-nearest-neighbour search run in query batches (exact below
-``EXACT_LIMIT`` items, IVF above) plus a banded lookup of the photo hashes,
-so memory grows with ``n * k``. Groups are then made by union-find with a
-guard against chaining (fastdup #302): two groups merge only if every member
-of the smaller one is itself related to the larger group's representative,
-so A~B and B~C never pull an unrelated C in with A.
+``EXACT_LIMIT`` items, IVF above) plus a banded lookup of the photo hashes
+(crop windows; ring hashes for turned copies), so memory grows with
+``n * k``. Groups are then made by union-find with a guard against chaining
+(fastdup #302): two groups merge only if every member of the smaller one is
+itself related to the larger group's representative, so A~B and B~C never
+pull an unrelated C in with A.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..encoder.cache import Progress
+from ..phash import CROP, MAX_RING_DISTANCE, RING_QUERIES, RINGS, hamming
 
 EXACT_LIMIT = 20_000  # exact search below this many items; IVF (approximate, recall ~0.99+) above
 QUERY_BATCH = 4096
@@ -76,38 +78,62 @@ def knn_pairs(vectors: np.ndarray, k: int, min_score: float, *, seed: int = 0,
 
 
 def hash_pairs(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs whose whole-image hash equals some window hash of the other in one 16-bit band.
+    """Candidate pairs whose photo hashes share a 16-bit band (rows laid out as in pinid.phash).
 
-    A banded exact lookup (sort + searchsorted), linear in ``n * WINDOWS``: it
-    finds near-identical re-uploads even when the embedding neighbours miss
-    them. Returns ``(left, right)`` with ``left < right``; the caller measures
-    the real distance.
+    Two lookups: the whole-image DCT hash against the other's crop windows
+    (``CROP``: re-uploads, crops), and the largest ring hashes against the
+    other's ring hashes (``RINGS``: turned by any angle, mirrored), keeping
+    only ring matches within ``MAX_RING_DISTANCE`` bits (ring hashes share
+    bands by chance more often). Returns ``(left, right)`` with
+    ``left < right``; the caller measures the real distances.
     """
     n = len(hashes)
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    windows = np.ascontiguousarray(hashes, dtype=np.uint64).reshape(-1)
-    owners = np.repeat(np.arange(n, dtype=np.int64), hashes.shape[1])
-    whole = np.ascontiguousarray(hashes[:, 0], dtype=np.uint64)
+    rings = hashes[:, RINGS]
+    left, right = zip(banded_pairs(hashes[:, :1], hashes[:, CROP]),
+                      banded_pairs(rings[:, :RING_QUERIES], rings, max_distance=MAX_RING_DISTANCE))
+    key = np.unique(np.concatenate(left) * n + np.concatenate(right))
+    return key // n, key % n
+
+
+def banded_pairs(queries: np.ndarray, windows: np.ndarray,
+                 max_distance: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs where some query hash of one item equals some window hash of another in one 16-bit band
+    (and, with ``max_distance``, is within that many bits of it).
+
+    ``queries`` is ``(n, q)`` and ``windows`` ``(n, w)`` uint64, row = item. A
+    banded exact lookup (sort + searchsorted), linear in ``n * (q + w)``: it
+    finds near-identical re-uploads even when the embedding neighbours miss
+    them. Returns unique ``(left, right)`` with ``left < right``.
+    """
+    n = len(queries)
+    windows = np.ascontiguousarray(windows, dtype=np.uint64)
+    flat_windows = windows.reshape(-1)
+    owners = np.repeat(np.arange(n, dtype=np.int64), windows.shape[1])
+    flat_queries = np.ascontiguousarray(queries, dtype=np.uint64).reshape(-1)
+    askers = np.repeat(np.arange(n, dtype=np.int64), queries.shape[1])
     lefts, rights = [], []
     for band in range(_BANDS):
         shift = np.uint64(16 * band)
-        band_windows = (windows >> shift) & np.uint64(0xFFFF)
+        band_windows = (flat_windows >> shift) & np.uint64(0xFFFF)
         order = np.argsort(band_windows, kind="stable")
-        sorted_values, sorted_owners = band_windows[order], owners[order]
-        queries = (whole >> shift) & np.uint64(0xFFFF)
-        low = np.searchsorted(sorted_values, queries, side="left")
-        high = np.searchsorted(sorted_values, queries, side="right")
+        sorted_values, sorted_owners, sorted_windows = band_windows[order], owners[order], flat_windows[order]
+        band_queries = (flat_queries >> shift) & np.uint64(0xFFFF)
+        low = np.searchsorted(sorted_values, band_queries, side="left")
+        high = np.searchsorted(sorted_values, band_queries, side="right")
         counts = np.where(high - low <= _BUCKET_CAP, high - low, 0)
-        query_of = np.repeat(np.arange(n, dtype=np.int64), counts)
+        query_of = np.repeat(askers, counts)
         offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        other = sorted_owners[np.repeat(low, counts) + offsets]
+        found = np.repeat(low, counts) + offsets
+        other = sorted_owners[found]
         keep = other != query_of
+        if max_distance is not None:
+            keep &= hamming(np.repeat(flat_queries, counts), sorted_windows[found]) <= max_distance
         lefts.append(np.minimum(query_of[keep], other[keep]))
         rights.append(np.maximum(query_of[keep], other[keep]))
-    left, right = np.concatenate(lefts), np.concatenate(rights)
-    key = np.unique(left * n + right)
-    return key // n, key % n
+    key = np.unique(np.concatenate(lefts) * max(n, 1) + np.concatenate(rights))
+    return key // max(n, 1), key % max(n, 1)
 
 
 def cosine(vectors: np.ndarray, left: np.ndarray, right: np.ndarray, batch: int = 65_536) -> np.ndarray:

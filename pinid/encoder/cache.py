@@ -9,7 +9,7 @@ at most the chunk in flight. Layout (no pickle; vectors are memory-mapped)::
     CACHE_DIR/
       cache.json                 format, encoder identity, photo-hash version
       chunk-000001.vectors.npy   (n, d) float32, L2-normalised
-      chunk-000001.hashes.npy    (n, WINDOWS) uint64 photo hashes
+      chunk-000001.hashes.npy    (n, WINDOWS) uint64 photo hashes (pinid.phash: crop windows, ring hashes)
       chunk-000001.keys.npy      (n, 32) uint8 sha256 digests; written last, so it marks the chunk whole
       local-features/            the local-feature cache (pinid.local.cache), when the same --cache is used
 
@@ -35,7 +35,7 @@ from PIL import Image
 from .._atomic import write_file_atomically
 from ..errors import EncoderMismatchError, ImageError, InputError
 from ..images import load_image
-from ..phash import PHASH_VERSION, WINDOWS, window_hashes
+from ..phash import HASH_MIN_SIDE, PHASH_VERSION, WINDOWS, window_hashes
 from ..results import Progress
 from ..tables import read_json_object
 
@@ -363,8 +363,10 @@ def prepare(path: Path, expected: bytes, image_size: int) -> tuple[Image.Image, 
         return "file changed while dedup was running; run again"
     try:
         image = load_image(data, min_side=max(image_size, 64))
+        # ring hashes want a larger decode than a small model's input (pinid.phash.HASH_MIN_SIDE)
+        larger = load_image(data, min_side=HASH_MIN_SIDE) if min(image.size) < HASH_MIN_SIDE else None
     except ImageError as exc:
         return exc.reason
-    return image, window_hashes(image)
+    return image, window_hashes(image, ring_image=larger)
 
 
