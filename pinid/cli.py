@@ -13,7 +13,7 @@ import math
 import signal
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -621,6 +621,9 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
               help="embedding cache folder [default: pinid-dedup-cache beside the output]")
 @click.option("--reset-cache", is_flag=True, help="discard the cache (e.g. made by another encoder) first")
 @click.option("--json", "as_json", is_flag=True, help="JSON rows instead of CSV")
+@click.option("--encoder", "encoder_kind", type=click.Choice(["clip", "local"]), default="clip", show_default=True,
+              help="clip: CLIP embeddings; local: no model at all (photo hashes, and in pin mode local features "
+                   "that confirm each pair geometrically)")
 @_model_option
 @_pretrained_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -630,16 +633,25 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def dedup_command(listings: Path, output: Path | None, mode: str, threshold: float | None, phash_distance: int,
                   index_dir: Path | None, cache_dir: Path | None, reset_cache: bool, as_json: bool,
-                  model: str | None, pretrained: str | None, batch_size: int, device: str, offline: bool | None,
-                  threads: int | None, quiet: bool) -> None:
+                  encoder_kind: str, model: str | None, pretrained: str | None, batch_size: int, device: str,
+                  offline: bool | None, threads: int | None, quiet: bool) -> None:
     """Group duplicate LISTINGS (folder, or CSV/JSONL with listing_id,image): one row per listing."""
     from .dedup import ROW_FIELDS, DedupOptions, dedup, read_listings
     from .dedup.rows import format_rows, write_rows
     from .encoder.cache import EmbedOptions, EmbeddingCache
     from .encoder import Encoder
+    from .errors import InputError
     from .tables import clean_text
 
     _set_threads(threads)
+    if encoder_kind == "local":
+        if model or pretrained:
+            raise InputError("--encoder local uses no model: drop --model and --pretrained")
+        if threshold is not None:
+            raise InputError("--encoder local has no embeddings to compare: drop --threshold (photos are related "
+                             "by photo hash and, in pin mode, by verified local features)")
+        if index_dir is not None:
+            raise InputError("--against needs an index's CLIP embeddings: drop --encoder local")
     skipped: list[tuple[str, str]] = []
     items = read_listings(listings, skipped)
     for where, why in skipped:
@@ -658,6 +670,14 @@ def dedup_command(listings: Path, output: Path | None, mode: str, threshold: flo
             cache = EmbeddingCache.open(cache_dir, against_encoder(index).identity(), reset=reset_cache)
             report: Any = match_against(index, items, cache, options, embed_options, on_progress)
             fields = AGAINST_FIELDS
+        elif encoder_kind == "local":
+            from .dedup.local_pairs import PhotoHashOnly, dedup_local, open_feature_cache
+
+            cache = EmbeddingCache.open(cache_dir, PhotoHashOnly().identity(), reset=reset_cache)
+            with open_feature_cache(cache_dir, reset=reset_cache) if mode == "pin" else nullcontext() as features:
+                report = dedup_local(items, cache, features, options, embed_options=embed_options,
+                                     on_progress=on_progress)
+            fields = ROW_FIELDS
         else:
             encoder = Encoder.load(_requested_spec(model, pretrained), device=device, offline=offline)
             cache = EmbeddingCache.open(cache_dir, encoder.identity(), reset=reset_cache)

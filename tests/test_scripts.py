@@ -272,3 +272,29 @@ SMOKE_TESTS["bench_change.py"] = test_bench_change
 from tests.serve import test_bench_serve as _serve_smoke  # noqa: E402
 
 SMOKE_TESTS["bench_serve.py"] = _serve_smoke.test_bench_serve_smallest_run
+
+
+def test_eval_dedup_local(bench: Path, tmp_path: Path) -> None:
+    out = run_script("eval_dedup_local.py", bench, "--cache", tmp_path / "cache", "--workers", 1).stdout
+    assert "| setting | truth | true pairs |" in out
+    assert "| photo, --encoder local | photo_group |" in out and "| pin, --encoder local | pin_id |" in out
+    assert "pin-mode stages, pairs of different photos of one pin" in out
+    assert (tmp_path / "cache" / "local-features" / "listings").is_dir()
+
+
+SMOKE_TESTS["eval_dedup_local.py"] = test_eval_dedup_local
+
+
+def test_eval_dedup_local_uses_public_names_only() -> None:
+    assert _private_uses((SCRIPTS / "eval_dedup_local.py").read_text(encoding="utf-8")) == []
+
+
+def test_probe_stages(bench_index: Path, bench: Path) -> None:
+    out = run_script("probe_stages.py", bench_index, bench / "queries.csv", "--sample", 2).stdout
+    assert "| candidates |" in out and "| first |" in out and "time p50 / p90" in out
+    mirrored = run_script("probe_stages.py", bench_index, bench / "queries.csv", "--sample", 2, "--mirror",
+                          "--set", "candidates.screened_candidates=0").stdout
+    assert "(mirrored)" in mirrored
+
+
+SMOKE_TESTS["probe_stages.py"] = test_probe_stages

@@ -9,8 +9,9 @@ Related, for a listing and a representative:
 
 * ``exact_file``: the same bytes (collapsed before any model work);
 * ``same_photo``: photo-hash distance <= ``max_phash_distance`` (crop
-  tolerant, encoder independent), confirmed geometrically, or embedding cosine
-  >= the photo mode's ``min_cosine``;
+  tolerant, encoder independent) or ring-hash distance <= ``MAX_RING_DISTANCE``
+  (turned by any angle, mirrored), confirmed geometrically, or embedding
+  cosine >= the photo mode's ``min_cosine``;
 * ``same_pin`` (``pin`` mode only): cosine >= ``min_cosine``, or, when a
   ``verifier`` is plugged in, cosine >= ``verify_floor`` and the verifier
   confirms: any ``(listing, other, cosine) -> bool`` works (the hook for
@@ -27,8 +28,8 @@ import numpy as np
 
 from ..encoder.cache import EmbeddingCache, EmbedOptions, Embedded, ImageEncoder, Progress, embed_files
 from ..errors import InputError
-from ..phash import photo_distance
-from .graph import cosine, guarded_groups, hash_pairs, knn_pairs
+from ..phash import MAX_RING_DISTANCE, photo_distance, ring_distance
+from .graph import Pairs, cosine, guarded_groups, hash_pairs, knn_pairs
 from .listings import Listing
 from .photo_match import PhotoConfirmer
 from .rows import ResultRow, RowsReport
@@ -148,7 +149,8 @@ class _Relation:
         for start in range(0, len(left), 65_536):
             part = slice(start, start + 65_536)
             distance = photo_distance(self.hashes[left[part]], self.hashes[right[part]])
-            out[part] = ((distance <= self.options.max_phash_distance)
+            turned = ring_distance(self.hashes[left[part]], self.hashes[right[part]])  # any angle, mirrored
+            out[part] = ((distance <= self.options.max_phash_distance) | (turned <= MAX_RING_DISTANCE)
                          | (scores[part] >= self.options.photo_min_cosine))
         if self._confirm is not None:  # hash-only matches must also line up geometrically
             for i in np.flatnonzero(out & (scores < self.options.photo_min_cosine)).tolist():
@@ -166,14 +168,25 @@ class _Relation:
 
 
 def find_groups(listings: Sequence[Listing], embedded: Embedded, options: DedupOptions = DedupOptions(),
-                on_progress: Progress | None = None) -> list[GroupRow]:
-    """Group listings (see the module docstring for the rules); one row per listing, input order."""
+                on_progress: Progress | None = None,
+                candidates: tuple[np.ndarray, np.ndarray] | None = None) -> list[GroupRow]:
+    """Group listings (see the module docstring for the rules); one row per listing, input order.
+
+    ``candidates``: more pairs ``(left, right)`` of content rows to consider besides the embedding
+    neighbours and photo hashes (``--encoder local``: the local-feature vote, pinid.dedup.local_pairs).
+    Vectors with no dimensions (no model) give no neighbours and cosine 0 everywhere.
+    """
     count = len(embedded.digests)
     relation = _Relation(embedded, listings, options)
-    knn = knn_pairs(embedded.vectors, options.neighbours, -1.0, on_progress=on_progress)
+    none = np.empty(0, np.int64)
+    knn = (knn_pairs(embedded.vectors, options.neighbours, -1.0, on_progress=on_progress)
+           if embedded.vectors.shape[1] else Pairs(none, none, np.empty(0, np.float32)))
     hash_left, hash_right = hash_pairs(embedded.hashes)
     width = max(count, 1)
-    extra = np.setdiff1d(hash_left * width + hash_right, knn.left * width + knn.right)  # both sorted, unique
+    proposed = hash_left * width + hash_right
+    if candidates is not None:
+        proposed = np.union1d(proposed, np.minimum(*candidates) * width + np.maximum(*candidates))
+    extra = np.setdiff1d(proposed, knn.left * width + knn.right)  # both sorted, unique
     left = np.concatenate([knn.left, extra // width])
     right = np.concatenate([knn.right, extra % width])
     scores = np.concatenate([knn.score, cosine(embedded.vectors, extra // width, extra % width)])
@@ -226,6 +239,8 @@ def _rows(listings: Sequence[Listing], embedded: Embedded, representative: np.nd
         else:
             reason = "same_pin"
         score = 1.0 if content_of[position] == rep else float(scores[position])
+        if not embedded.vectors.shape[1]:
+            score = None  # no model, no cosine
         rows.append(GroupRow(listing.listing_id, str(listing.image), group_id, size,
                              listings[rep_position].listing_id, score, int(distances[position]), reason))
     return rows

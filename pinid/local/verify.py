@@ -143,7 +143,7 @@ def quick_inliers(query_keypoints: np.ndarray, reference_keypoints: np.ndarray, 
     return min(_distinct(reference[chosen, :2], cell), _distinct(query[chosen, :2], max(2.0, cell / scale[best])))
 
 
-def _hough_filter(ref_kp: np.ndarray, query_kp: np.ndarray) -> np.ndarray:
+def hough_filter(ref_kp: np.ndarray, query_kp: np.ndarray) -> np.ndarray:
     """Keep matches that agree with the most common rotation and scale change (Lowe 2004, section 7)."""
     rotation = (query_kp[:, 3] - ref_kp[:, 3]) % 360.0
     log_scale = np.log2(np.maximum(query_kp[:, 2], 1e-3) / np.maximum(ref_kp[:, 2], 1e-3))
@@ -202,7 +202,7 @@ def verify_geometry(image_id: int, entry: ReferenceEntry, query: Features, ref_r
     if matches < config.min_matches:
         return _failed(image_id, matches)
     ref_kp, query_kp = entry.features.keypoints[ref_rows], query.keypoints[query_rows]
-    keep = _hough_filter(ref_kp, query_kp)
+    keep = hough_filter(ref_kp, query_kp)
     if keep.sum() < config.min_matches:
         return _failed(image_id, matches)
     ref_rows, query_rows = ref_rows[keep], query_rows[keep]
@@ -307,4 +307,4 @@ def verify(query: Features, photo_lab: np.ndarray, candidates: list[tuple[int, R
 
 
 __all__ = ["Verification", "VerifyConfig", "verify", "match_all", "verify_geometry", "colour_distance",
-           "quick_inliers"]
+           "quick_inliers", "hough_filter"]
