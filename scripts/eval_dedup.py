@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from pinid.encoder.cache import embed_files  # noqa: E402
 from pinid.dedup.metrics import pairwise_scores  # noqa: E402
 from pinid.encoder.cache import EmbeddingCache  # noqa: E402
 from pinid.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, Encoder, EncoderSpec, save_local_dir  # noqa: E402
+from pinid.synth.edits import turn  # noqa: E402
 
 #: The same tiny architecture the tests use (tests/conftest.py), with random weights.
 TINY_MODEL_CFG = {
@@ -57,27 +57,6 @@ SETTINGS = [  # (label, mode, threshold, ground-truth column)
 
 ANGLES = (7, 30, 45, 90, 137, 180)
 EDITS = ("turned", "turned-cropped", "mirrored", "mirrored-turned")
-
-
-def largest_upright_rectangle(width: int, height: int, degrees: float) -> tuple[float, float]:
-    """Width and height of the largest axis-aligned rectangle inside a ``width x height`` one turned by ``degrees``."""
-    sin, cos = abs(math.sin(math.radians(degrees))), abs(math.cos(math.radians(degrees)))
-    long_side, short_side = max(width, height), min(width, height)
-    if short_side <= 2 * sin * cos * long_side or abs(sin - cos) < 1e-10:
-        half = short_side / 2
-        return (half / sin, half / cos) if width >= height else (half / cos, half / sin)
-    cos_2a = cos * cos - sin * sin
-    return (width * cos - height * sin) / cos_2a, (height * cos - width * sin) / cos_2a
-
-
-def turn(image: Image.Image, degrees: float, crop_back: bool = False) -> Image.Image:
-    """Turned about the centre with black corners, or cropped back to the largest upright rectangle inside."""
-    turned = image.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))
-    if not crop_back:
-        return turned
-    width, height = (math.floor(side) - 2 for side in largest_upright_rectangle(*image.size, degrees))
-    left, top = (turned.width - width) // 2, (turned.height - height) // 2
-    return turned.crop((left, top, left + width, top + height))
 
 
 def transformed_copies(bench: Path, truth: dict[str, dict[str, str]], folder: Path) -> dict[str, dict[str, str]]:

@@ -352,6 +352,8 @@ def hue_difference(first_lab: np.ndarray, second_lab: np.ndarray, found: PairMat
     """
     import cv2
 
+    from ..local.verify import colour_regions
+
     assert found.affine is not None
     hull = cv2.convexHull(found.points.astype(np.float32)).reshape(-1, 2)
     x0, y0 = hull.min(axis=0)
@@ -371,14 +373,7 @@ def hue_difference(first_lab: np.ndarray, second_lab: np.ndarray, found: PairMat
     if inside.sum() < 16:
         return 0.0
     here, there = first[inside].astype(np.float32), second[inside].astype(np.float32)
-    regions = min(config.colour_regions, len(np.unique(here.astype(np.int32) // 8, axis=0)))
-    if regions > 1:
-        criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
-        cv2.setRNGSeed(0)
-        _, labels, _ = cv2.kmeans(here, regions, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
-        labels = labels.ravel()
-    else:
-        labels = np.zeros(len(here), np.int32)
+    labels = colour_regions(here, config.colour_regions)
     total = weight = 0.0
     for region in np.unique(labels):
         members = labels == region

@@ -273,14 +273,7 @@ def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np
         return float("nan")
     reference = entry.colour[:, :, :3][inside].astype(np.float32)
     photo = warped[inside].astype(np.float32)
-    regions = min(config.max_colour_regions, len(np.unique(reference.astype(np.int32) // 8, axis=0)))
-    if regions > 1:
-        criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
-        cv2.setRNGSeed(0)
-        _, labels, _ = cv2.kmeans(reference, regions, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
-        labels = labels.ravel()
-    else:
-        labels = np.zeros(len(reference), np.int32)
+    labels = colour_regions(reference, config.max_colour_regions)
     weight = np.array([0.5, 1.0, 1.0], np.float32)
     total, area = 0.0, 0
     for region in np.unique(labels):
@@ -289,6 +282,20 @@ def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np
         total += float(np.linalg.norm(difference)) * int(members.sum())
         area += int(members.sum())
     return total / area
+
+
+def colour_regions(pixels: np.ndarray, most: int) -> np.ndarray:
+    """A region label for each Lab pixel (n, 3) float32: k-means into at most ``most`` main colours
+    (fewer when the pixels have fewer distinct colours), seeded so that one input gives one answer."""
+    import cv2
+
+    regions = min(most, len(np.unique(pixels.astype(np.int32) // 8, axis=0)))
+    if regions <= 1:
+        return np.zeros(len(pixels), np.int32)
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
+    cv2.setRNGSeed(0)
+    _, labels, _ = cv2.kmeans(pixels, regions, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    return labels.ravel()
 
 
 def verify(query: Features, photo_lab: np.ndarray, candidates: list[tuple[int, ReferenceEntry]],
@@ -307,4 +314,4 @@ def verify(query: Features, photo_lab: np.ndarray, candidates: list[tuple[int, R
 
 
 __all__ = ["Verification", "VerifyConfig", "verify", "match_all", "verify_geometry", "colour_distance",
-           "quick_inliers", "hough_filter"]
+           "quick_inliers", "hough_filter", "colour_regions"]

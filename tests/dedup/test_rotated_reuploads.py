@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from pinid.encoder.cache import EmbeddingCache
 from pinid.errors import EncoderMismatchError
 from pinid.phash import MAX_RING_DISTANCE, RINGS, WINDOWS, photo_distance, ring_distance, window_hashes
 from pinid.synth.reference import material_from_image
+from pinid.synth.edits import turn
 from pinid.synth.scenes import seller_photo
 
 from tests.support import draw_pin_image, run
@@ -54,27 +54,6 @@ def desk_photo(pin_seed: int, texture_seed: int) -> Image.Image:
     photo = Image.fromarray(np.stack([desk, (desk * 0.8).astype(np.uint8), (desk * 0.6).astype(np.uint8)], -1))
     photo.paste(draw_pin_image(pin_seed, 200), (220, 140))
     return photo
-
-
-def largest_upright_rectangle(width: int, height: int, degrees: float) -> tuple[float, float]:
-    """Width and height of the largest axis-aligned rectangle inside a ``width x height`` one turned by ``degrees``."""
-    sin, cos = abs(math.sin(math.radians(degrees))), abs(math.cos(math.radians(degrees)))
-    long_side, short_side = max(width, height), min(width, height)
-    if short_side <= 2 * sin * cos * long_side or abs(sin - cos) < 1e-10:
-        half = short_side / 2
-        return (half / sin, half / cos) if width >= height else (half / cos, half / sin)
-    cos_2a = cos * cos - sin * sin
-    return (width * cos - height * sin) / cos_2a, (height * cos - width * sin) / cos_2a
-
-
-def turn(image: Image.Image, degrees: float, crop_back: bool = False) -> Image.Image:
-    """Turned about the centre with black corners, or cropped back to the largest upright rectangle inside."""
-    turned = image.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))
-    if not crop_back:
-        return turned
-    width, height = (math.floor(side) - 2 for side in largest_upright_rectangle(*image.size, degrees))
-    left, top = (turned.width - width) // 2, (turned.height - height) // 2
-    return turned.crop((left, top, left + width, top + height))
 
 
 def reupload(image: Image.Image, path: Path, scale: float, quality: int) -> Path:
