@@ -177,10 +177,12 @@ class Recogniser:
         The photo and its mirror image vote separately (a mirrored photo of an
         asymmetric pin gets only chance votes as taken). The first
         ``screened_candidates`` images of each vote then get the cascade's cheap
-        check (``quick_inliers``: does one affine map explain the vote's own
-        matches?). The orientation whose best image did better wins (as taken,
-        on a tie); its images are verified in the order of the cheap check
-        where it found at least ``screen_min_inliers``, then in vote order.
+        check (``quick_inliers``: does one similarity transform explain the
+        vote's own matches?). The photo counts as mirrored only when the
+        mirror's best image has at least ``screen_min_inliers`` and more than
+        the photo's best; the chosen orientation's images are verified in the
+        order of the cheap check where it found at least ``screen_min_inliers``,
+        then in vote order.
         """
         config = self.config.candidates
         outcomes: dict[bool, tuple[list[tuple[int, float]], dict[int, int]]] = {}
