@@ -194,7 +194,7 @@ def test_a_mirrored_photo_the_cheap_check_missed_is_found_by_the_fallback(parts)
     from PIL import ImageOps
 
     mirrored = ImageOps.mirror(photo_of(pin(5)))
-    blind = CandidateConfig(screen_min_inliers=1000)  # the cheap check never calls a photo mirrored
+    blind = CandidateConfig(screen_min_inliers=1000, mirror_fallback_candidates=25)  # the cheap check never calls it
     ranked, _ = recogniser(parts, LocalConfig(candidates=blind)).candidates(mirrored)
     assert ranked[0].image_id == 3 and ranked[0].aligned and ranked[0].verification.distinct_inliers >= 6
     without = dataclasses.replace(blind, mirror_fallback_candidates=0)
