@@ -10,10 +10,11 @@ index stays as it was.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,6 +45,56 @@ _offline_option = click.option("--offline", is_flag=True, default=None,
                                     "(also PINID_OFFLINE=1)")
 _threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                                help="CPU threads for the model [default: torch's choice]")
+
+
+_ray_options = [
+    click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+                 help="run the per-image work on Ray (pip install 'pinid[ray]'): alone, RAY_ADDRESS or a new local "
+                      "instance; or a cluster address (auto, HOST:6379, ray://HOST:10001). Put it last or write "
+                      "--ray=ADDRESS"),
+    click.option("--ray-workers", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Ray actors per stage, one model each [default: as many as the cluster's CPUs allow]"),
+    click.option("--ray-gpus", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="G",
+                 help="GPUs per Ray encoding actor (e.g. 1, or 0.5 for two actors a GPU)"),
+]
+
+
+def _ray_option_group(function: Any) -> Any:
+    for option in reversed(_ray_options):
+        function = option(function)
+    return function
+
+
+def _ray_options_of(ray_address: str | None, ray_workers: int | None, ray_gpus: float, batch_size: int,
+                    *, encoder_kind: str) -> Any:
+    """The ``RayOptions`` the --ray flags ask for, or ``None`` without --ray; bad combinations are refused."""
+    from .errors import InputError
+
+    if ray_address is None:
+        if ray_workers is not None or ray_gpus:
+            raise InputError("--ray-workers and --ray-gpus need --ray")
+        return None
+    if ray_address and os.path.exists(ray_address):
+        raise InputError(f"--ray took {ray_address!r} as the cluster address; it is a path here: put --ray last "
+                         "or write --ray=ADDRESS")
+    if ray_gpus and encoder_kind == "local":
+        raise InputError("--ray-gpus is for CLIP encoding; --encoder local runs on CPUs only")
+    from .cluster import RayOptions
+
+    return RayOptions(address=ray_address or None, workers=ray_workers, gpus_per_worker=ray_gpus,
+                      batch_size=batch_size)
+
+
+@contextmanager
+def _ray_session(options: Any, quiet: bool) -> Iterator[None]:
+    """Connect to Ray for one command; Ray's own INFO logs are kept to warnings (pinid shows its progress)."""
+    import logging
+
+    from .cluster import ray_session
+
+    with ray_session(options.address, quiet=quiet):
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        yield
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,18 +135,23 @@ def cli() -> None:
 @_device_option
 @_offline_option
 @_threads_option
+@_ray_option_group
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | None, pretrained: str | None,
                 batch_size: int, workers: int, cache_dir: Path | None, reset_cache: bool, views: str,
                 index_type: str, no_calibrate: bool,
                 calibrate_photos: int | None, device: str, offline: bool | None, threads: int | None,
-                quiet: bool) -> None:
+                ray_address: str | None, ray_workers: int | None, ray_gpus: float, quiet: bool) -> None:
     """Index a CATALOGUE (folder of pin folders, or CSV/JSONL manifest): CLIP vectors and local features.
 
     A catalogue of 50 pins or more is then calibrated on simulated photos of its
     own reference images (about 4 minutes for 2,000 pins on 2 cores; --no-calibrate
     skips it). The index is complete before that starts: until the calibration
     replaces its manifest in one step, it answers with the shipped calibration.
+
+    With --ray, hashing, decoding, CLIP encoding and local features run on a Ray
+    cluster, into the --cache folder (default: pinid-build-cache beside the
+    index); the index itself is written here, the same as without --ray.
     """
     from .catalogue import read_catalogue
     from .encoder import Encoder
@@ -109,6 +165,7 @@ def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | No
     if encoder_kind == "local" and (model or pretrained):
         raise InputError("--encoder local uses no model: drop --model and --pretrained")
     check_output(output, catalogue)  # before the catalogue is read or the model loaded: bad -o costs nothing
+    ray_options = _ray_options_of(ray_address, ray_workers, ray_gpus, batch_size, encoder_kind=encoder_kind)
     records = read_catalogue(catalogue)
     encoder = None
     cache = feature_cache = None
@@ -116,13 +173,27 @@ def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | No
         spec = _requested_spec(model, pretrained)
         encoder = Encoder.load(spec, device=device, offline=offline)
     config = LocalConfig(features=FeatureConfig.fast() if views == "fast" else FeatureConfig())
+    if ray_options is not None and cache_dir is None:
+        cache_dir = Path(output).expanduser().absolute().parent / "pinid-build-cache"
+        click.echo(f"Ray results are kept in {cache_dir} (--cache): a rerun resumes from them", err=True)
     if cache_dir is not None:
         cache, feature_cache = _open_caches(cache_dir, encoder, config.features, reset=reset_cache)
     try:
-        with _stages(quiet) as on_progress:
-            index = PinIndex.build(records, output, encoder, batch_size=batch_size, workers=workers, cache=cache,
-                                   feature_cache=feature_cache, config=config, index_type=index_type,
-                                   on_progress=on_progress)
+        if ray_options is None:
+            with _stages(quiet) as on_progress:
+                index = PinIndex.build(records, output, encoder, batch_size=batch_size, workers=workers,
+                                       cache=cache, feature_cache=feature_cache, config=config,
+                                       index_type=index_type, on_progress=on_progress)
+        else:
+            from .cluster import build_index_on_ray
+            from .index.build import BuildOptions
+
+            options = BuildOptions(batch_size, workers, cache, config, index_type, feature_cache)
+            with _ray_session(ray_options, quiet), _stages(quiet) as on_progress:
+                built = build_index_on_ray(records, output, encoder, options, ray_options, offline=offline,
+                                           on_progress=on_progress)
+            index = PinIndex.load(output, encoder=encoder)
+            index.build_report = built
     finally:
         if feature_cache is not None:
             feature_cache.close()
@@ -630,12 +701,18 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
 @_device_option
 @_offline_option
 @_threads_option
+@_ray_option_group
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def dedup_command(listings: Path, output: Path | None, mode: str, threshold: float | None, phash_distance: int,
                   index_dir: Path | None, cache_dir: Path | None, reset_cache: bool, as_json: bool,
                   encoder_kind: str, model: str | None, pretrained: str | None, batch_size: int, device: str,
-                  offline: bool | None, threads: int | None, quiet: bool) -> None:
-    """Group duplicate LISTINGS (folder, or CSV/JSONL with listing_id,image): one row per listing."""
+                  offline: bool | None, threads: int | None, ray_address: str | None, ray_workers: int | None,
+                  ray_gpus: float, quiet: bool) -> None:
+    """Group duplicate LISTINGS (folder, or CSV/JSONL with listing_id,image): one row per listing.
+
+    With --ray, hashing, decoding and encoding (and, in pin mode with --encoder
+    local, local features) run on a Ray cluster; the groups are the same.
+    """
     from .dedup import ROW_FIELDS, DedupOptions, dedup, read_listings
     from .dedup.rows import format_rows, write_rows
     from .encoder.cache import EmbedOptions, EmbeddingCache
@@ -652,6 +729,9 @@ def dedup_command(listings: Path, output: Path | None, mode: str, threshold: flo
                              "by photo hash and, in pin mode, by verified local features)")
         if index_dir is not None:
             raise InputError("--against needs an index's CLIP embeddings: drop --encoder local")
+    ray_options = _ray_options_of(ray_address, ray_workers, ray_gpus, batch_size, encoder_kind=encoder_kind)
+    if ray_options is not None and index_dir is not None:
+        raise InputError("--ray does not run --against yet: drop one of them")
     skipped: list[tuple[str, str]] = []
     items = read_listings(listings, skipped)
     for where, why in skipped:
@@ -660,7 +740,10 @@ def dedup_command(listings: Path, output: Path | None, mode: str, threshold: flo
                            max_phash_distance=phash_distance)
     embed_options = EmbedOptions(batch_size=batch_size)
     cache_dir = cache_dir or (output.parent if output else listings.parent) / "pinid-dedup-cache"
-    with _stages(quiet) as on_progress:
+    with ExitStack() as stack:
+        if ray_options is not None:
+            stack.enter_context(_ray_session(ray_options, quiet))
+        on_progress = stack.enter_context(_stages(quiet))
         if index_dir is not None:
             from .dedup import AGAINST_FIELDS, match_against
             from .dedup.against import against_encoder
@@ -675,13 +758,27 @@ def dedup_command(listings: Path, output: Path | None, mode: str, threshold: flo
 
             cache = EmbeddingCache.open(cache_dir, PhotoHashOnly().identity(), reset=reset_cache)
             with open_feature_cache(cache_dir, reset=reset_cache) if mode == "pin" else nullcontext() as features:
-                report = dedup_local(items, cache, features, options, embed_options=embed_options,
-                                     on_progress=on_progress)
+                if ray_options is None:
+                    report = dedup_local(items, cache, features, options, embed_options=embed_options,
+                                         on_progress=on_progress)
+                else:
+                    from .cluster import dedup_on_ray
+
+                    report = dedup_on_ray(items, PhotoHashOnly(), cache, options, embed_options, ray_options,
+                                          feature_cache=features, on_progress=on_progress)
             fields = ROW_FIELDS
         else:
             encoder = Encoder.load(_requested_spec(model, pretrained), device=device, offline=offline)
             cache = EmbeddingCache.open(cache_dir, encoder.identity(), reset=reset_cache)
-            report = dedup(items, encoder, cache, options, embed_options, on_progress)
+            if ray_options is None:
+                report = dedup(items, encoder, cache, options, embed_options, on_progress)
+            else:
+                from .cluster import dedup_on_ray
+                from .cluster.jobs import encoder_loader
+
+                report = dedup_on_ray(items, encoder, cache, options, embed_options, ray_options,
+                                      load_encoder=encoder_loader(encoder, gpus_per_worker=ray_gpus, offline=offline),
+                                      on_progress=on_progress)
             fields = ROW_FIELDS
     if output is not None:
         write_rows(report.rows, output, fields, as_json=as_json)

@@ -64,3 +64,13 @@ class WeightsUnavailableError(PinidError):
     """Model weights cannot be found locally and cannot be downloaded."""
 
     exit_code = 7
+
+
+class ClusterError(PinidError):
+    """A job on a Ray cluster failed (a worker kept failing, or the cluster went away).
+
+    What finished before the failure is in the cache, so running the same
+    command again resumes from there.
+    """
+
+    exit_code = 8

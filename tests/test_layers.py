@@ -39,7 +39,7 @@ LAYERS: list[set[str]] = [
     {"identify"},
     {"index"},
     {"dedup", "evaluation", FACADE},
-    {"serve"},
+    {"serve", "cluster"},  # cluster: builds and dedup on Ray, above index and dedup, beside the service
     {"cli"},
 ]
 LEVEL = {unit: level for level, units in enumerate(LAYERS) for unit in units}

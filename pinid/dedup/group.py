@@ -257,10 +257,14 @@ def group_stats(rows: Sequence[GroupRow]) -> dict[str, int]:
 
 def dedup(listings: Sequence[Listing], encoder: ImageEncoder, cache: EmbeddingCache,
           options: DedupOptions = DedupOptions(), embed_options: EmbedOptions = EmbedOptions(),
-          on_progress: Progress | None = None) -> DedupReport:
-    """Embed (incrementally) and group ``listings``; the whole `pinid dedup` job."""
+          on_progress: Progress | None = None, digests: Sequence[bytes | str] | None = None) -> DedupReport:
+    """Embed (incrementally) and group ``listings``; the whole `pinid dedup` job.
+
+    ``digests``: each listing image's sha256 when already known (``embed_files``).
+    """
     started = time.perf_counter()
-    embedded = embed_files([listing.image for listing in listings], encoder, cache, embed_options, on_progress)
+    embedded = embed_files([listing.image for listing in listings], encoder, cache, embed_options, on_progress,
+                           digests=digests)
     rows = find_groups(listings, embedded, options, on_progress)
     return DedupReport(rows, embedded.encoded, embedded.cached, time.perf_counter() - started, group_stats(rows))
 

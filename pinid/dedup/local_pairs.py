@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+from PIL import Image
 
 from ..errors import ImageError, InputError
 from ..images import load_image
@@ -194,8 +195,6 @@ def _no_features() -> Features:
 
 def listing_entry(path: Path, expected: bytes, config: FeatureConfig) -> ReferenceEntry | str:
     """One listing photo's features as a cache entry (the whole photo as its box), or why it cannot be read."""
-    import cv2
-
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -206,6 +205,13 @@ def listing_entry(path: Path, expected: bytes, config: FeatureConfig) -> Referen
         image = load_image(data, min_side=config.query_long_side_px)
     except ImageError as exc:
         return exc.reason
+    return listing_entry_of_image(image, config)
+
+
+def listing_entry_of_image(image: Image.Image, config: FeatureConfig) -> ReferenceEntry:
+    """The cache entry of a decoded listing photo: its features, and the whole photo as its box."""
+    import cv2
+
     features = query_features(image, config=config)
     lab = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2LAB)
     thumbnail = cv2.resize(lab, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
@@ -463,7 +469,8 @@ class PairVerifier:
 # --------------------------------------------------------------------- the job
 def dedup_local(listings: Sequence[Listing], cache: "EmbeddingCache", feature_cache: "FeatureCache | None",
                 options: DedupOptions = DedupOptions(), config: LocalDedupConfig = LocalDedupConfig(),
-                embed_options: "EmbedOptions | None" = None, on_progress: Progress | None = None) -> DedupReport:
+                embed_options: "EmbedOptions | None" = None, on_progress: Progress | None = None,
+                digests: Sequence[bytes | str] | None = None) -> DedupReport:
     """Group ``listings`` with no model: `pinid dedup --encoder local`.
 
     ``cache`` must have been opened for :class:`PhotoHashOnly` (photo hashes by
@@ -472,7 +479,7 @@ def dedup_local(listings: Sequence[Listing], cache: "EmbeddingCache", feature_ca
     and their geometric confirmation only; pin mode adds the local-feature
     candidates and :class:`PairVerifier`. The report's ``encoded`` counts
     photos whose features (pin mode) or photo hashes (photo mode) were made in
-    this run.
+    this run. ``digests``: each listing image's sha256 when already known (``embed_files``).
 
     Raises:
         InputError: pin mode without a ``feature_cache``.
@@ -484,7 +491,7 @@ def dedup_local(listings: Sequence[Listing], cache: "EmbeddingCache", feature_ca
     started = time.perf_counter()
     embed_options = embed_options or EmbedOptions()
     paths = [listing.image for listing in listings]
-    embedded = embed_files(paths, PhotoHashOnly(), cache, embed_options, on_progress)
+    embedded = embed_files(paths, PhotoHashOnly(), cache, embed_options, on_progress, digests=digests)
     encoded, cached = embedded.encoded, embedded.cached
     candidates = None
     if feature_cache is not None and options.mode == "pin":
@@ -514,5 +521,5 @@ def open_feature_cache(cache_dir: str | Path, config: LocalDedupConfig = LocalDe
 
 
 __all__ = ["LISTING_FEATURES_DIR", "ListingFeatures", "LocalDedupConfig", "PairMatch", "PairVerifier",
-           "PhotoHashOnly", "dedup_local", "geometry_agrees", "hue_difference", "listing_entry", "match_pair",
-           "open_feature_cache", "vote_pairs"]
+           "PhotoHashOnly", "dedup_local", "geometry_agrees", "hue_difference", "listing_entry",
+           "listing_entry_of_image", "match_pair", "open_feature_cache", "vote_pairs"]

@@ -278,21 +278,22 @@ class Embedded:
 
 # ----------------------------------------------------------------- embedding
 def embed_files(paths: Sequence[Path], encoder: ImageEncoder, cache: EmbeddingCache,
-                options: EmbedOptions = EmbedOptions(), on_progress: Progress | None = None) -> Embedded:
+                options: EmbedOptions = EmbedOptions(), on_progress: Progress | None = None,
+                digests: Sequence[bytes | str] | None = None) -> Embedded:
     """Vectors and photo hashes for every readable file, encoding only what the cache lacks.
 
     Each chunk of new contents is written to the cache as soon as it is
     encoded, so an interrupted run resumes where it stopped. Unreadable files
-    are reported in ``failures``, never raised.
+    are reported in ``failures``, never raised. ``digests``: each path's
+    sha256 (or why it cannot be read) when already known, e.g. hashed on a
+    Ray cluster (``pinid.cluster``), so the files are not read again here.
     """
     image_size = int(getattr(encoder, "image_size", 224))
     failures: dict[int, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="pinid-embed") as pool:
-        digests: list[bytes | str] = []
-        for done, digest in enumerate(pool.map(sha256_or_reason, paths), 1):
-            digests.append(digest)
-            if on_progress is not None and (done % 256 == 0 or done == len(paths)):
-                on_progress("hashing", done, len(paths))
+        digests = list(digests) if digests is not None else _hash_all(pool, paths, on_progress)
+        if len(digests) != len(paths):
+            raise ValueError(f"{len(digests)} digests for {len(paths)} paths")
         first_with: dict[bytes, int] = {}
         for position, digest in enumerate(digests):
             if isinstance(digest, str):
@@ -330,6 +331,15 @@ def embed_files(paths: Sequence[Path], encoder: ImageEncoder, cache: EmbeddingCa
     vectors, hashes = cache.get_many(ordered)
     encoded = sum(1 for digest in missing if digest in rows)
     return Embedded(content_of, ordered, vectors, hashes, failures, encoded, len(rows) - encoded)
+
+
+def _hash_all(pool: ThreadPoolExecutor, paths: Sequence[Path], on_progress: Progress | None) -> list[bytes | str]:
+    digests: list[bytes | str] = []
+    for done, digest in enumerate(pool.map(sha256_or_reason, paths), 1):
+        digests.append(digest)
+        if on_progress is not None and (done % 256 == 0 or done == len(paths)):
+            on_progress("hashing", done, len(paths))
+    return digests
 
 
 def file_sha256(path: Path) -> str:

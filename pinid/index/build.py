@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from PIL import Image
@@ -115,6 +115,9 @@ class BuildOptions:
     config: LocalConfig = field(default_factory=LocalConfig)
     index_type: str = "auto"  # the CLIP vector index: pinid.index.vectors.VECTOR_INDEX_TYPES
     feature_cache: FeatureCache | None = None  # content-keyed local features: rebuilds extract only new images
+    #: sha256 (or why it cannot be read) of files already hashed elsewhere, by ``str(path)``: a Ray build
+    #: (pinid.cluster) hashes the catalogue on the cluster, and the driver need not read every file again
+    known_digests: Mapping[str, bytes | str] | None = None
 
 
 def build_index(catalogue: Catalogue, target: Path, encoder: Encoder | None, options: BuildOptions = BuildOptions(),
@@ -159,7 +162,7 @@ def _build_locked(catalogue: Catalogue, target: Path, encoder: Encoder | None, o
         raise CatalogueError(f"catalogue {catalogue.source}: none of its {len(paths)} images could be read")
 
     def write(folder: Path) -> None:
-        write_database(folder / DATABASE_FILE, list(rows.values()))
+        write_database(folder / DATABASE_FILE, list(rows.values()), options.known_digests)
         spec = None
         if vectors is not None:
             index = vector_index(vectors, np.arange(len(vectors), dtype=np.int64), options.index_type)
@@ -242,7 +245,7 @@ def reference_entries(paths: list[Path], options: BuildOptions, on_progress: Pro
     known: dict[int, ReferenceEntry] = {}
     if cache is not None:
         for position, path in enumerate(paths):
-            digest = sha256_or_reason(path)
+            digest = _digest(path, options.known_digests)
             if isinstance(digest, bytes):
                 digests[position] = digest
                 entry = cache.get(digest)
@@ -300,13 +303,21 @@ def encode_paths(paths: list[Path], encoder: Encoder, options: BuildOptions, on_
             on_progress("encoding", len(paths) - total + done, len(paths))
 
     embedded = embed_files(paths, encoder, options.cache,
-                           EmbedOptions(batch_size=options.batch_size, workers=options.workers), progress)
+                           EmbedOptions(batch_size=options.batch_size, workers=options.workers), progress,
+                           digests=None if options.known_digests is None
+                           else [_digest(path, options.known_digests) for path in paths])
     if on_progress is not None:
         on_progress("encoding", len(paths), len(paths))
     ok = [position for position in range(len(paths)) if embedded.content_of[position] >= 0]
     vectors = embedded.vectors[embedded.content_of[ok]].astype(np.float32, copy=False)
     failures = sorted(embedded.failures.items())
     return EncodeResult(np.ascontiguousarray(vectors), ok, failures)
+
+
+def _digest(path: Path, known: Mapping[str, bytes | str] | None) -> bytes | str:
+    """A file's sha256 as hashed before (``BuildOptions.known_digests``), or hashed now."""
+    found = None if known is None else known.get(str(path))
+    return found if found is not None else sha256_or_reason(path)
 
 
 def _rows_by_pin(owners: list[PinRecord], paths: list[Path], ok: list[int]

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -33,8 +33,17 @@ CREATE INDEX images_by_pin ON images(pin_row);
 """
 
 
-def write_database(path: Path, rows: Sequence[tuple[PinRecord, list[tuple[int, Path]]]]) -> None:
-    """One row per pin and per image; image ids are the vector rows (and the local store's ids)."""
+def write_database(path: Path, rows: Sequence[tuple[PinRecord, list[tuple[int, Path]]]],
+                   known_digests: Mapping[str, bytes | str] | None = None) -> None:
+    """One row per pin and per image; image ids are the vector rows (and the local store's ids).
+
+    ``known_digests``: sha256 digests by ``str(path)`` already computed (a Ray build's), not read again.
+    """
+
+    def checksum(image_path: Path) -> str:
+        known = None if known_digests is None else known_digests.get(str(image_path))
+        return known.hex() if isinstance(known, bytes) else file_sha256(image_path)
+
     connection = sqlite3.connect(path)
     try:
         connection.executescript(_SCHEMA)
@@ -42,7 +51,7 @@ def write_database(path: Path, rows: Sequence[tuple[PinRecord, list[tuple[int, P
             connection.execute("INSERT INTO pins VALUES (?, ?, ?, ?)",
                                (pin_row, pin.pin_id, pin.name, dumps(pin.metadata, default=str)))
             connection.executemany("INSERT INTO images VALUES (?, ?, ?, ?)",
-                                   [(image_id, pin_row, str(image_path.resolve()), file_sha256(image_path))
+                                   [(image_id, pin_row, str(image_path.resolve()), checksum(image_path))
                                     for image_id, image_path in images])
         connection.commit()
     finally:
