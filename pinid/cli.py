@@ -167,36 +167,35 @@ def build_index(catalogue: Path, output: str, encoder_kind: str, model: str | No
     check_output(output, catalogue)  # before the catalogue is read or the model loaded: bad -o costs nothing
     ray_options = _ray_options_of(ray_address, ray_workers, ray_gpus, batch_size, encoder_kind=encoder_kind)
     records = read_catalogue(catalogue)
-    encoder = None
-    cache = feature_cache = None
-    if encoder_kind == "clip":
-        spec = _requested_spec(model, pretrained)
-        encoder = Encoder.load(spec, device=device, offline=offline)
-    config = LocalConfig(features=FeatureConfig.fast() if views == "fast" else FeatureConfig())
-    if ray_options is not None and cache_dir is None:
-        cache_dir = Path(output).expanduser().absolute().parent / "pinid-build-cache"
-        click.echo(f"Ray results are kept in {cache_dir} (--cache): a rerun resumes from them", err=True)
-    if cache_dir is not None:
-        cache, feature_cache = _open_caches(cache_dir, encoder, config.features, reset=reset_cache)
-    try:
+    with ExitStack() as stack:
+        if ray_options is not None:  # connect before the model loads: a bad address costs nothing
+            stack.enter_context(_ray_session(ray_options, quiet))
+        encoder = None
+        cache = feature_cache = None
+        if encoder_kind == "clip":
+            spec = _requested_spec(model, pretrained)
+            encoder = Encoder.load(spec, device=device, offline=offline)
+        config = LocalConfig(features=FeatureConfig.fast() if views == "fast" else FeatureConfig())
+        if ray_options is not None and cache_dir is None:
+            cache_dir = Path(output).expanduser().absolute().parent / "pinid-build-cache"
+            click.echo(f"Ray results are kept in {cache_dir} (--cache): a rerun resumes from them", err=True)
+        if cache_dir is not None:
+            cache, feature_cache = _open_caches(cache_dir, encoder, config.features, reset=reset_cache)
+            stack.callback(feature_cache.close)
+        on_progress = stack.enter_context(_stages(quiet))
         if ray_options is None:
-            with _stages(quiet) as on_progress:
-                index = PinIndex.build(records, output, encoder, batch_size=batch_size, workers=workers,
-                                       cache=cache, feature_cache=feature_cache, config=config,
-                                       index_type=index_type, on_progress=on_progress)
+            index = PinIndex.build(records, output, encoder, batch_size=batch_size, workers=workers,
+                                   cache=cache, feature_cache=feature_cache, config=config,
+                                   index_type=index_type, on_progress=on_progress)
         else:
             from .cluster import build_index_on_ray
             from .index.build import BuildOptions
 
             options = BuildOptions(batch_size, workers, cache, config, index_type, feature_cache)
-            with _ray_session(ray_options, quiet), _stages(quiet) as on_progress:
-                built = build_index_on_ray(records, output, encoder, options, ray_options, offline=offline,
-                                           on_progress=on_progress)
+            built = build_index_on_ray(records, output, encoder, options, ray_options, offline=offline,
+                                       on_progress=on_progress)
             index = PinIndex.load(output, encoder=encoder)
             index.build_report = built
-    finally:
-        if feature_cache is not None:
-            feature_cache.close()
     report = index.build_report
     assert report is not None
     described = "none (local features only)" if encoder is None else encoder.spec.describe()

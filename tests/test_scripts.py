@@ -177,6 +177,16 @@ SMOKE_TESTS: dict[str, Callable[..., None]] = {
 }
 
 
+def test_bench_ray(tiny_model_dir: Path) -> None:
+    out = run_script("bench_ray.py", "--images", 3, "--workers", "1", "--weights", f"local-dir:{tiny_model_dir}",
+                     "--batch-size", 2).stdout
+    assert "| build | seconds | images/s | encoding s | local features s | speed-up |" in out
+    assert "| one process (2 threads) |" in out and "| Ray, 1 worker |" in out
+
+
+SMOKE_TESTS["bench_ray.py"] = test_bench_ray
+
+
 def test_every_script_has_a_smoke_test() -> None:
     assert sorted(path.name for path in SCRIPTS.glob("*.py")) == sorted(SMOKE_TESTS)
 

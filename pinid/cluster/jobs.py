@@ -108,6 +108,7 @@ def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[
     ray = _ray()
     started = False
     if not ray.is_initialized():
+        _check_reachable(address or os.environ.get("RAY_ADDRESS") or "")
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address is None and not os.environ.get("RAY_ADDRESS"):
             kwargs["include_dashboard"] = False
@@ -127,6 +128,21 @@ def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse at once a HOST:PORT (or ray://HOST:PORT) that does not answer: Ray itself retries for minutes."""
+    import socket
+
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "local" or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is `ray start "
+                         "--head` running there, and is the port open?") from None
 
 
 def _blocks(columns: dict[str, list[Any]], rows_per_block: int) -> Any:
