@@ -177,9 +177,8 @@ SMOKE_TESTS: dict[str, Callable[..., None]] = {
 }
 
 
-def test_bench_ray(tiny_model_dir: Path) -> None:
-    out = run_script("bench_ray.py", "--images", 3, "--workers", "1", "--weights", f"local-dir:{tiny_model_dir}",
-                     "--batch-size", 2).stdout
+def test_bench_ray() -> None:
+    out = run_script("bench_ray.py", "--images", 3, "--workers", "1", "--encoder", "local").stdout
     assert "| build | seconds | images/s | encoding s | local features s | speed-up |" in out
     assert "| one process (2 threads) |" in out and "| Ray, 1 worker |" in out
 

@@ -346,12 +346,15 @@ def fill_features(paths: Sequence[Path], digests: Sequence[bytes | str], config:
 # ------------------------------------------------------------------- the jobs
 def build_index_on_ray(catalogue: "Catalogue", target: str | os.PathLike, encoder: "Encoder | None",
                        options: "BuildOptions", ray_options: RayOptions = RayOptions(), *,
-                       offline: bool | None = None, on_progress: Progress | None = None) -> BuildReport:
+                       offline: bool | None = None, load_encoder: Callable[[], Any] | None = None,
+                       on_progress: Progress | None = None) -> BuildReport:
     """``pinid build-index --ray``: the per-image work on Ray, then the normal build from the caches.
 
     ``options`` must carry both caches (``cache`` for CLIP indexes,
     ``feature_cache`` always): they hold the shards the cluster writes.
-    Call inside :func:`ray_session`. The result is an ordinary index, the
+    ``load_encoder``: how actors load the encoder (default: ``encoder``'s own
+    spec, on a GPU when ``ray_options`` gives actors GPUs). Call inside
+    :func:`ray_session`. The result is an ordinary index, the
     same as ``build_index`` gives without Ray.
 
     Raises:
@@ -368,9 +371,10 @@ def build_index_on_ray(catalogue: "Catalogue", target: str | os.PathLike, encode
     digests = hash_files(paths, ray_options, on_progress)
     if encoder is not None:
         assert options.cache is not None
-        fill_embeddings(paths, digests, encoder_loader(encoder, gpus_per_worker=ray_options.gpus_per_worker,
-                                                       offline=offline),
-                        encoder.identity(), encoder.image_size, options.cache, ray_options, on_progress=on_progress)
+        load_encoder = load_encoder or encoder_loader(encoder, gpus_per_worker=ray_options.gpus_per_worker,
+                                                      offline=offline)
+        fill_embeddings(paths, digests, load_encoder, encoder.identity(), encoder.image_size, options.cache,
+                        ray_options, on_progress=on_progress)
     fill_features(paths, digests, options.config.features, "reference", options.feature_cache, ray_options,
                   on_progress)
     known = {str(path): digest for path, digest in zip(paths, digests)}

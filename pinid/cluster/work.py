@@ -107,10 +107,11 @@ class EncodeWorker:
 
     def __init__(self, load_encoder: Callable[[], Any], expected_identity: dict[str, Any], threads: int = 1,
                  batch_size: int = 32) -> None:
-        import torch
+        import sys
 
-        torch.set_num_threads(max(1, threads))
         self.encoder = load_encoder()
+        if "torch" in sys.modules:  # a CLIP encoder: as many threads as the actor has CPUs (no-model ones: none)
+            sys.modules["torch"].set_num_threads(max(1, threads))
         self.batch_size = batch_size
         found = self.encoder.identity()
         if found != expected_identity:

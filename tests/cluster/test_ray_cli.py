@@ -8,7 +8,9 @@ cluster started with ``ray start --head``.
 from __future__ import annotations
 
 import csv
+import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,8 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from pinid.catalogue import read_catalogue
+from pinid.encoder import Encoder
 from pinid.index import PinIndex
 from tests.support import run
+
+from .test_ray_jobs import answers, assert_same_index
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -30,26 +36,47 @@ def _pinid(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
                           env=env)
 
 
-def test_build_index_with_ray_as_typed(tmp_path: Path) -> None:
+def _readme_ray_commands() -> list[str]:
+    """The commands of the first code block of the README's Ray section."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Beyond one machine: Ray.*?```bash\n(.*?)```", text, re.S).group(1)
+    return [line.strip() for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_readme_ray_commands_run_as_typed(tmp_path: Path) -> None:
+    install, build, dedup = _readme_ray_commands()
+    assert install == 'pip install -e ".[ray]"'  # what CI's `pip install -e .[dev]` includes
+    assert build == "pinid build-index examples/catalogue -o examples/index --encoder local --ray"
+    assert dedup == "pinid dedup examples/catalogue --mode pin --encoder local --ray"
     shutil.copytree(REPO / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("index"))
-    done = _pinid("build-index", "examples/catalogue", "-o", "examples/index", "--encoder", "local", "--ray", "auto",
-                  cwd=tmp_path)
+    done = _pinid(*build.split()[1:], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Built examples/index: 5 pins, 5 images" in done.stdout
     assert (tmp_path / "examples" / "pinid-build-cache").is_dir()  # beside the index: what a rerun resumes from
     answer = _pinid("identify", "examples/photo.jpg", "-i", "examples/index", cwd=tmp_path)
     assert answer.returncode == 0, answer.stderr
     assert "Red Heart (heart-gold), confidence >99%" in answer.stdout
+    grouped = _pinid(*dedup.split()[1:], cwd=tmp_path)
+    assert grouped.returncode == 0, grouped.stderr
+    rows = list(csv.DictReader(io.StringIO(grouped.stdout)))
+    assert sorted(row["listing_id"] for row in rows) == sorted(
+        str(path.relative_to(tmp_path / "examples" / "catalogue"))
+        for path in (tmp_path / "examples" / "catalogue").rglob("*.png"))
+    assert all(row["reason"] in ("unique", "representative", "same_pin") for row in rows)
 
 
-def test_clip_build_with_ray_in_process(capsys: pytest.CaptureFixture, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_clip_build_with_ray_in_process(capsys: pytest.CaptureFixture, tiny_model_dir: Path, tiny_encoder: Encoder,
+                                        tmp_path: Path) -> None:
     code, out, err = run(capsys, "build-index", REPO / "examples" / "catalogue", "-o", tmp_path / "idx",
                          "--model", f"local-dir:{tiny_model_dir}", "--cache", tmp_path / "cache",
                          "--ray-workers", 1, "--ray")
     assert code == 0, err
     assert "Built" in out and "5 pins, 5 images" in out
-    index = PinIndex.load(tmp_path / "idx")
-    assert index.identify(REPO / "examples" / "photo.jpg").matches[0].pin_id == "heart-gold"
+    PinIndex.build(read_catalogue(REPO / "examples" / "catalogue"), tmp_path / "local", tiny_encoder)
+    assert_same_index(tmp_path / "local", tmp_path / "idx")  # the sample catalogue: as a local build
+    photo = [REPO / "examples" / "photo.jpg"]
+    assert answers(tmp_path / "idx", photo) == answers(tmp_path / "local", photo)
+    assert answers(tmp_path / "idx", photo)[0][0][0] == "heart-gold"
     # a second run finds everything in the cache: nothing is sent to the cluster again
     code, out, err = run(capsys, "build-index", REPO / "examples" / "catalogue", "-o", tmp_path / "idx",
                          "--model", f"local-dir:{tiny_model_dir}", "--cache", tmp_path / "cache", "--ray")
@@ -57,6 +84,7 @@ def test_clip_build_with_ray_in_process(capsys: pytest.CaptureFixture, tiny_mode
 
 
 def test_dedup_with_ray_as_typed(tiny_bench: Path, tmp_path: Path) -> None:
+    """`--ray=auto` joins the running instance (here the tests'), as after `ray start --head`."""
     done = _pinid("dedup", tiny_bench / "listings.csv", "--mode", "pin", "--encoder", "local", "-o",
                   tmp_path / "groups.csv", "--ray=auto", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -91,24 +91,13 @@ def _photos(bench: Path, count: int = 4) -> list[Path]:
 
 
 # --------------------------------------------------------------- equivalence
-@pytest.mark.parametrize("which", ["sample", "bench"])
-def test_ray_build_gives_the_local_index(which: str, tiny_bench: Path, tiny_model_dir: Path,
-                                         tiny_encoder: Encoder, tmp_path: Path) -> None:
-    source = SAMPLE if which == "sample" else tiny_bench / "catalogue"
-    catalogue = read_catalogue(source)
+def test_ray_build_gives_the_local_index(tiny_bench: Path, tiny_encoder: Encoder, tmp_path: Path) -> None:
+    """The small generated benchmark; the sample catalogue is compared in tests/cluster/test_ray_cli.py."""
+    catalogue = read_catalogue(tiny_bench / "catalogue")
     PinIndex.build(catalogue, tmp_path / "local", tiny_encoder)
     report = build_index_on_ray(catalogue, tmp_path / "ray", tiny_encoder, _caches(tmp_path / "cache", tiny_encoder),
                                 RayOptions(workers=2, batch_size=4), offline=True)
     assert report.images == sum(len(pin.images) for pin in catalogue.pins)
-    assert_same_index(tmp_path / "local", tmp_path / "ray")
-    photos = [REPO / "examples" / "photo.jpg"] if which == "sample" else _photos(tiny_bench)
-    assert answers(tmp_path / "local", photos) == answers(tmp_path / "ray", photos)
-
-
-def test_ray_build_of_a_local_features_index(tiny_bench: Path, tmp_path: Path) -> None:
-    catalogue = read_catalogue(tiny_bench / "catalogue")
-    PinIndex.build(catalogue, tmp_path / "local", None)
-    build_index_on_ray(catalogue, tmp_path / "ray", None, _caches(tmp_path / "cache", None), RayOptions(workers=2))
     assert_same_index(tmp_path / "local", tmp_path / "ray")
     photos = _photos(tiny_bench)
     assert answers(tmp_path / "local", photos) == answers(tmp_path / "ray", photos)
@@ -119,11 +108,10 @@ def _rows(report: Any) -> list[tuple[Any, ...]]:
              None if row.score is None else round(row.score, 4)) for row in report.rows]
 
 
-@pytest.mark.parametrize("mode", ["photo", "pin"])
-def test_ray_dedup_gives_the_local_groups(mode: str, tiny_bench: Path, tiny_model_dir: Path, tiny_encoder: Encoder,
+def test_ray_dedup_gives_the_local_groups(tiny_bench: Path, tiny_model_dir: Path, tiny_encoder: Encoder,
                                           tmp_path: Path) -> None:
     listings = read_listings(tiny_bench / "listings.csv")
-    options = DedupOptions(mode=mode)  # type: ignore[arg-type]
+    options = DedupOptions(mode="pin")  # photo relations and same-pin ones
     local = dedup(listings, tiny_encoder, EmbeddingCache.open(tmp_path / "a", tiny_encoder.identity()), options)
     on_ray = dedup_on_ray(listings, tiny_encoder, EmbeddingCache.open(tmp_path / "b", tiny_encoder.identity()),
                           options, EmbedOptions(), RayOptions(workers=2, batch_size=4),
@@ -149,49 +137,40 @@ def test_ray_dedup_with_no_model_gives_the_local_groups(tiny_bench: Path, tmp_pa
 
 
 # ------------------------------------------------------------------- failure
-def test_a_killed_worker_is_replaced_and_the_build_is_the_same(tiny_bench: Path, tiny_model_dir: Path,
+def test_a_killed_worker_is_replaced_and_the_build_is_the_same(make_catalogue: Any, tiny_model_dir: Path,
                                                                tiny_encoder: Encoder, tmp_path: Path) -> None:
-    catalogue = read_catalogue(tiny_bench / "catalogue")
-    PinIndex.build(catalogue, tmp_path / "local", tiny_encoder)
-    options = _caches(tmp_path / "cache", tiny_encoder)
-    paths = [image for pin in catalogue.pins for image in pin.images]
+    catalogue = read_catalogue(make_catalogue(pins=8))
     marker = tmp_path / "killed"
-    digests = hash_files(paths)
-    encoded = fill_embeddings(paths, digests, KillOnce(_loader(tiny_model_dir), marker), tiny_encoder.identity(),
-                              tiny_encoder.image_size, options.cache, RayOptions(workers=2, batch_size=2))
+    build_index_on_ray(catalogue, tmp_path / "ray", tiny_encoder, _caches(tmp_path / "cache", tiny_encoder),
+                       RayOptions(workers=2, batch_size=2), load_encoder=KillOnce(_loader(tiny_model_dir), marker))
     assert marker.exists(), "no actor was killed: the test did not test anything"
-    assert encoded == len(set(digests))
-    build_index_on_ray(catalogue, tmp_path / "ray", tiny_encoder, options, RayOptions(workers=2), offline=True)
+    PinIndex.build(catalogue, tmp_path / "local", tiny_encoder)
     assert_same_index(tmp_path / "local", tmp_path / "ray")
 
 
-def test_an_interrupted_run_resumes_from_the_shards_written(tiny_bench: Path, tiny_model_dir: Path,
+def test_an_interrupted_run_resumes_from_the_shards_written(make_catalogue: Any, tiny_model_dir: Path,
                                                            tiny_encoder: Encoder, tmp_path: Path) -> None:
-    catalogue = read_catalogue(tiny_bench / "catalogue")
+    catalogue = read_catalogue(make_catalogue(pins=8))
     paths = [image for pin in catalogue.pins for image in pin.images]
-    digests = hash_files(paths)
-    total = len(set(digests))
-    assert total >= 6
     options = _caches(tmp_path / "cache", tiny_encoder)
-    counter = tmp_path / "batches"
     with pytest.raises(ClusterError, match="run the same command again to resume"):
-        fill_embeddings(paths, digests, StopAfter(_loader(tiny_model_dir), counter, batches=2),
+        fill_embeddings(paths, hash_files(paths), StopAfter(_loader(tiny_model_dir), tmp_path / "first", batches=2),
                         tiny_encoder.identity(), tiny_encoder.image_size, options.cache,
                         RayOptions(workers=1, batch_size=2), chunk_size=1)
     kept = len(EmbeddingCache.open(tmp_path / "cache", tiny_encoder.identity()))
-    assert 0 < kept < total  # what finished was written before the job stopped
+    assert 0 < kept < len(paths)  # what finished was written before the job stopped
     assert not (tmp_path / "ray").exists()
-    resumed = fill_embeddings(paths, digests, _loader(tiny_model_dir), tiny_encoder.identity(),
-                              tiny_encoder.image_size, options.cache, RayOptions(workers=2, batch_size=2))
-    assert resumed == total - kept  # only the rest was encoded
-    build_index_on_ray(catalogue, tmp_path / "ray", tiny_encoder, options, RayOptions(workers=2), offline=True)
+    counter = tmp_path / "second"  # one line per batch, with its size
+    build_index_on_ray(catalogue, tmp_path / "ray", tiny_encoder, options, RayOptions(workers=2, batch_size=2),
+                       load_encoder=StopAfter(_loader(tiny_model_dir), counter, batches=10**6))
+    assert sum(map(int, counter.read_text().split())) == len(paths) - kept  # only the rest was encoded
     PinIndex.build(catalogue, tmp_path / "local", tiny_encoder)
     assert_same_index(tmp_path / "local", tmp_path / "ray")
 
 
-def test_a_worker_with_other_weights_stops_the_job(tiny_bench: Path, other_model_dir: Path, tiny_encoder: Encoder,
-                                                   tmp_path: Path) -> None:
-    paths = sorted((tiny_bench / "catalogue").rglob("*.png"))[:3]
+def test_a_worker_with_other_weights_stops_the_job(make_catalogue: Any, other_model_dir: Path,
+                                                   tiny_encoder: Encoder, tmp_path: Path) -> None:
+    paths = sorted(make_catalogue(pins=3).rglob("*.png"))
     cache = EmbeddingCache.open(tmp_path / "cache", tiny_encoder.identity())
     with pytest.raises(EncoderMismatchError, match="give every node the same weights"):
         fill_embeddings(paths, hash_files(paths), _loader(other_model_dir), tiny_encoder.identity(),
