@@ -229,8 +229,8 @@ import os, signal, sys, time
 from pinid.index import build
 written = build.write_database
 
-def write_then_sigterm(path, rows):
-    written(path, rows)
+def write_then_sigterm(path, rows, *known):
+    written(path, rows, *known)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(30)  # SIGTERM arrives first
 

@@ -159,15 +159,18 @@ def test_eval_on_small_benchmark_with_tiny_model(small_bench, tiny_model_dir, tm
     main(["build-index", str(small_bench / "catalogue"), "-o", str(tmp_path / "idx"),
           "--model", f"local-dir:{tiny_model_dir}", "-q", "--calibrate-photos", "24"])
     capsys.readouterr()
+    # a sample of 60 of its ~170 photos: verified identification takes about a second a photo on 2 cores (CI time)
     main(["eval", "-i", str(tmp_path / "idx"), "--queries", str(small_bench / "queries.csv"), "--json",
-          "--failures", str(tmp_path / "failures"), "--threshold", "0.9", "--latency-samples", "5", "-q"])
+          "--failures", str(tmp_path / "failures"), "--threshold", "0.9", "--latency-samples", "5", "-q",
+          "--sample", "60", "--seed", "0"])
     result = json.loads(capsys.readouterr().out)
     rows = _read_csv(small_bench / "queries.csv")
-    known = [r for r in rows if r["pin_id"]]
-    assert result["queries"]["known"] == len(known) and result["queries"]["unreadable"] == 0
-    assert result["queries"]["unknown"] == len(rows) - len(known)
+    assert len(rows) > 60
+    assert result["queries"]["total"] == 60 and result["queries"]["unreadable"] == 0
+    assert result["queries"]["known"] + result["queries"]["unknown"] == 60
+    assert result["queries"]["known"] > 0 and result["queries"]["unknown"] > 0
     assert set(result["retrieval"]["by_split"]) == {"single", "colourway"}
     assert 0.0 <= result["retrieval"]["recall@1"] <= result["retrieval"]["recall@10"] <= 1.0
-    assert result["colourway"]["queries"] == sum(r["split"] == "colourway" for r in rows)
+    assert 0 < result["colourway"]["queries"] < result["queries"]["known"]
     assert 0.0 <= result["open_set"]["auroc_known_vs_unknown"] <= 1.0
     assert list((tmp_path / "failures").glob("failures-*.png"))
