@@ -397,23 +397,29 @@ def dedup_on_ray(listings: Sequence["Listing"], encoder: Any, cache: "EmbeddingC
     from ..dedup.group import dedup
     from ..dedup.local_pairs import LocalDedupConfig, PhotoHashOnly, dedup_local
 
+    started = time.perf_counter()
     paths = [listing.image for listing in listings]
     digests = hash_files(paths, ray_options, on_progress)
     local = isinstance(encoder, PhotoHashOnly)
     if load_encoder is None:
         load_encoder = type(encoder) if local else encoder_loader(encoder,
                                                                   gpus_per_worker=ray_options.gpus_per_worker)
-    fill_embeddings(paths, digests, load_encoder, encoder.identity(), int(getattr(encoder, "image_size", 224)),
-                    cache, ray_options, on_progress=on_progress)
+    made = fill_embeddings(paths, digests, load_encoder, encoder.identity(), int(getattr(encoder, "image_size", 224)),
+                           cache, ray_options, on_progress=on_progress)
     if not local:
-        return dedup(listings, encoder, cache, options, embed_options, on_progress, digests=digests)
-    if options.mode == "pin":
-        if feature_cache is None:
-            raise InputError("pin mode with --encoder local needs a local-feature cache (open_feature_cache)")
-        fill_features(paths, digests, LocalDedupConfig().feature_config(), "listing", feature_cache, ray_options,
-                      on_progress)
-    return dedup_local(listings, cache, feature_cache, options, embed_options=embed_options,
-                       on_progress=on_progress, digests=digests)
+        report = dedup(listings, encoder, cache, options, embed_options, on_progress, digests=digests)
+    else:
+        if options.mode == "pin":
+            if feature_cache is None:
+                raise InputError("pin mode with --encoder local needs a local-feature cache (open_feature_cache)")
+            made = fill_features(paths, digests, LocalDedupConfig().feature_config(), "listing", feature_cache,
+                                 ray_options, on_progress)  # what the report counts in this mode
+        report = dedup_local(listings, cache, feature_cache, options, embed_options=embed_options,
+                             on_progress=on_progress, digests=digests)
+    # what the cluster made counts as made in this run, as it would without Ray
+    made = min(made, report.cached) + report.encoded
+    return replace(report, encoded=made, cached=report.encoded + report.cached - made,
+                   seconds=time.perf_counter() - started)
 
 
 __all__ = ["RAY_INSTALL_HINT", "RayOptions", "build_index_on_ray", "dedup_on_ray", "encoder_loader",
