@@ -60,7 +60,11 @@ class _StopsAfter(_Wrapped):
 
 
 class StopAfter:
-    """Loads the real encoder; every batch after the first ``batches`` (over all actors) fails."""
+    """Loads the real encoder; every batch after the first ``batches`` (over all actors) fails.
+
+    Every batch asked for is counted in ``counter`` (one line, its size), so with a large
+    ``batches`` it counts what a run encoded.
+    """
 
     def __init__(self, load: Callable[[], Any], counter: Path, batches: int) -> None:
         self.load, self.counter, self.batches = load, counter, batches

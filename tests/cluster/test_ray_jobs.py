@@ -153,14 +153,22 @@ def test_an_interrupted_run_resumes_from_the_shards_written(make_catalogue: Any,
     catalogue = read_catalogue(make_catalogue(pins=8))
     paths = [image for pin in catalogue.pins for image in pin.images]
     options = _caches(tmp_path / "cache", tiny_encoder)
+    ray_options = RayOptions(workers=1, batch_size=2)
+    # a worker whose every batch fails stops the job with one error that says how to go on
     with pytest.raises(ClusterError, match="run the same command again to resume"):
-        fill_embeddings(paths, hash_files(paths), StopAfter(_loader(tiny_model_dir), tmp_path / "first", batches=2),
-                        tiny_encoder.identity(), tiny_encoder.image_size, options.cache,
-                        RayOptions(workers=1, batch_size=2), chunk_size=1)
+        build_index_on_ray(catalogue, tmp_path / "ray", tiny_encoder, options, ray_options,
+                           load_encoder=StopAfter(_loader(tiny_model_dir), tmp_path / "failed", batches=0))
+
+    def interrupt(stage: str, done: int, total: int) -> None:
+        if stage == "encoding (ray)" and done > 0:
+            raise KeyboardInterrupt  # Ctrl-C once the first results are in
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index_on_ray(catalogue, tmp_path / "ray", tiny_encoder, options, ray_options, on_progress=interrupt)
     kept = len(EmbeddingCache.open(tmp_path / "cache", tiny_encoder.identity()))
-    assert 0 < kept < len(paths)  # what finished was written before the job stopped
+    assert 0 < kept < len(paths)  # what arrived was written before the run stopped
     assert not (tmp_path / "ray").exists()
-    counter = tmp_path / "second"  # one line per batch, with its size
+    counter = tmp_path / "resumed"  # one line per batch, with its size
     build_index_on_ray(catalogue, tmp_path / "ray", tiny_encoder, options, RayOptions(workers=2, batch_size=2),
                        load_encoder=StopAfter(_loader(tiny_model_dir), counter, batches=10**6))
     assert sum(map(int, counter.read_text().split())) == len(paths) - kept  # only the rest was encoded
