@@ -120,12 +120,13 @@ def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[
             raise InputError(f"cannot start or reach Ray ({where}): {first}") from None
         started = True
     context = ray.data.DataContext.get_current()
+    before = context.enable_progress_bars, context.print_on_execution_start
     context.enable_progress_bars = False  # pinid shows its own per-stage bars
-    if quiet:
-        context.print_on_execution_start = False
+    context.print_on_execution_start = not quiet
     try:
         yield ray
     finally:
+        context.enable_progress_bars, context.print_on_execution_start = before  # a caller's session as it was
         if started:
             ray.shutdown()
 
