@@ -87,7 +87,7 @@ def _ray_options_of(ray_address: str | None, ray_workers: int | None, ray_gpus: 
 
 @contextmanager
 def _ray_session(options: Any, quiet: bool) -> Iterator[None]:
-    """Connect to Ray for one command; Ray's own INFO logs are kept to warnings (pinid shows its progress)."""
+    """Connect to Ray for one command; Ray Data logs only errors (pinid shows its own progress)."""
     import logging
 
     from .cluster import ray_session
