@@ -11,9 +11,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[Any]:
-    """Two CPUs, as on the CI machine; workers can import ``tests`` (the fault-injecting encoders live there)."""
+    """Two CPUs, as on the CI machine; workers can import ``tests`` (the fault-injecting encoders live there).
+
+    Shut down when the cluster tests end, so that Ray's threads do not run on beside the rest of the suite.
+    """
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
