@@ -146,8 +146,10 @@ class DecodeForFeatures:
     kind: str  # "reference" (pinid.index.build.reference_image) or "listing" (dedup's listing photos)
 
     def __call__(self, batch: Batch) -> Batch:
-        from ..images import load_image, working_copy
         import hashlib
+
+        from ..images import load_image
+        from ..index.build import reference_image
 
         pixels: list[bytes] = []
         heights: list[int] = []
@@ -159,8 +161,7 @@ class DecodeForFeatures:
                 if hashlib.sha256(data).digest() != bytes(digest):
                     raise ImageError(str(path), "file changed while the job was running; run again")
                 if self.kind == "reference":
-                    side = self.config.reference_long_side_px
-                    image, _ = working_copy(load_image(data, min_side=side), side)
+                    image = reference_image(data, self.config)
                 else:
                     image = load_image(data, min_side=self.config.query_long_side_px)
                 values, height, width = _pixels(image)

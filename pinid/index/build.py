@@ -280,8 +280,9 @@ def reference_entries(paths: list[Path], options: BuildOptions, on_progress: Pro
     return entries, failures
 
 
-def reference_image(path: Path, config: FeatureConfig = FeatureConfig()) -> Image.Image:
-    """A reference image as local features see it: reduced to ``config.reference_long_side_px`` if larger.
+def reference_image(path: Path | bytes, config: FeatureConfig = FeatureConfig()) -> Image.Image:
+    """A reference image (a path, or its bytes) as local features see it: reduced to
+    ``config.reference_long_side_px`` if larger.
 
     A JPEG is decoded at a reduced scale (DCT scaling) where that still leaves
     enough pixels; images up to the limit are used as they are.
