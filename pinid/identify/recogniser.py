@@ -25,6 +25,7 @@ from ..errors import IndexFormatError
 from ..images import working_copy
 from ..local.config import Config, check, unknown_names
 from ..local.features import FeatureConfig, Features, query_feature_pair
+from ..local.glance import HISTOGRAM_DIMS, SHAPE_DIMS, GlanceIndex, reference_descriptors
 from ..local.store import LocalStore
 from ..local.verify import Verification, VerifyConfig, colour_distance, quick_inliers, verify
 from ..local.vote import Ballot, VoteConfig, ballot
@@ -47,12 +48,16 @@ class CandidateConfig(Config):
     # full benchmark it lifted mirrored photos' recall@1 from 0.21 to 0.33, but it also let a pin that is
     # not in the catalogue align by chance (tests/test_cli.py), and open-set answers matter more
     mirror_fallback_candidates: int = 0
+    # of a single-pin photo's candidates (at most a fifth), taken from the whole-pin glance (colours and silhouette:
+    # pinid.local.glance) before the rest of the vote; it finds plain pins that give the vote nothing
+    glance_candidates: int = 10
 
     def __post_init__(self) -> None:
         check(self.max_candidates >= 1 and self.max_board_candidates >= 1, "candidate limits must be at least 1")
         check(self.max_colourway_sources >= 0, "max_colourway_sources must be at least 0")
-        check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.mirror_fallback_candidates >= 0,
-              "screened_candidates, screen_min_inliers and mirror_fallback_candidates must be at least 0")
+        check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.mirror_fallback_candidates >= 0
+              and self.glance_candidates >= 0, "screened_candidates, screen_min_inliers, "
+              "mirror_fallback_candidates and glance_candidates must be at least 0")
         check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
 
 
@@ -123,6 +128,7 @@ class Recogniser:
         self.design_images: dict[str, list[int]] = {}
         for image_id, pin_row in self.image_pin_rows.items():
             self.design_images.setdefault(self.designs[pin_row], []).append(image_id)
+        self._glance_index: GlanceIndex | None = None
 
     def candidates(self, image: Image.Image, clip: Sequence[tuple[int, float]] = (), *,
                    limit: int | None = None, board: bool = False, exclude: Collection[int] = ()
@@ -147,11 +153,19 @@ class Recogniser:
         votes, mirrored, other_votes = self._screen(features, mirror, excluded)
         clip_scores = dict(clip)
         order: list[int] = []
+        # the glance fills at most a fifth of the list: the vote and CLIP are the stronger sources
+        glance = [] if board else self._glance(np.asarray(work), min(config.candidates.glance_candidates,
+                                                                     limit // 5), excluded)
+        ahead = max(0, limit - len(glance))
         for image_id in _interleave([image_id for image_id, _ in clip], list(votes)):
+            if len(order) == ahead:  # the glance's own finds go in before the rest of the vote
+                order += [image_id for image_id in glance if image_id not in order][:limit - len(order)]
+            if len(order) >= limit:
+                break
             if image_id not in order and image_id in self.store:
                 order.append(image_id)
-            if len(order) == limit:
-                break
+        if len(order) < limit:
+            order += [image_id for image_id in glance if image_id not in order][:limit - len(order)]
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
         checked = self._verify(order, mirrored, features, mirror, lab)
         fallback = config.candidates.mirror_fallback_candidates
@@ -171,6 +185,24 @@ class Recogniser:
         position = {image_id: i for i, image_id in enumerate(order)}
         result.sort(key=lambda c: (-c.rank_score, position[c.image_id]))
         return result, back
+
+    def _glance(self, rgb: np.ndarray, count: int, excluded: frozenset[int]) -> list[int]:
+        """The ``count`` reference images (not excluded) that look most like the photo's salient region as a
+        whole; the references' descriptors are made from the stored thumbnails on first use."""
+        if count <= 0:
+            return []
+        if self._glance_index is None:
+            ids, histograms, shapes = [], [], []
+            for image_ids, colour, geometry in self.store.thumbnails():
+                found = reference_descriptors(colour, geometry)
+                ids.append(image_ids)
+                histograms.append(found[0])
+                shapes.append(found[1])
+            self._glance_index = GlanceIndex(np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                                             np.concatenate(histograms) if ids else np.zeros((0, HISTOGRAM_DIMS)),
+                                             np.concatenate(shapes) if ids else np.zeros((0, SHAPE_DIMS)))
+        found = self._glance_index.rank(rgb, count + len(excluded))
+        return [image_id for image_id in found if image_id not in excluded][:count]
 
     def _screen(self, features: Features, mirror: Features | None, excluded: frozenset[int]
                 ) -> tuple[dict[int, float], bool, dict[int, float]]:

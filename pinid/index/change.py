@@ -45,7 +45,7 @@ from ..local.vocabulary import (SHARD_FILE, Vocabulary, new_shard, read_vocabula
 from ..results import Progress
 from ..tables import dumps, parse_json
 from .build import BuildOptions, encode_paths, reference_entries, vector_index, vectors_entry
-from .format import (DATABASE_FILE, LOCAL_DIR, MANIFEST_FILE, MAX_CHANGES, VECTORS_FILE, Manifest,
+from .format import (DATABASE_FILE, FORMAT_VERSION, LOCAL_DIR, MANIFEST_FILE, MAX_CHANGES, VECTORS_FILE, Manifest,
                      check_encoder, is_index_directory, read_manifest)
 from .vectors import add_vectors, choose_vector_index, spec_of
 from .storage import TableChange, apply_table_change, read_digests, read_table, read_vectors, write_vectors
@@ -335,7 +335,9 @@ class _Current:
             stored = read_vocabulary(staging / LOCAL_DIR, [s.name for s in segments], None).ntotal
             counts = {"pins": len(set(self.pin_images) - set(plan.drop_pins)) + len(pins_added),
                       "images": len(live)}
-            updated = replace(manifest, generation=report.generation, pins=counts["pins"], images=counts["images"],
+            # a changed index is of today's format (its new segments are), whatever it was made as
+            updated = replace(manifest, format_version=FORMAT_VERSION, generation=report.generation,
+                              pins=counts["pins"], images=counts["images"],
                               vectors=vectors_entry_now,
                               next_image_id=first_id + len(new_ids),
                               local_features={**manifest.local_features, "descriptors": stored,

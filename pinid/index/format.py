@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from ..encoder.clip import Encoder
 
 FORMAT_NAME = "pinid-index"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: colour thumbnails carry the pin's filled silhouette (pinid.local.glance)
+READABLE_VERSIONS = (3, 4)  # a version-3 index reads as it is: its glance works from the strict pin mask
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
 DATABASE_FILE = "catalogue.sqlite"
@@ -103,9 +104,9 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise IndexFormatError(f"{where}: {MANIFEST_FILE} is not a pinid index manifest")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise IndexFormatError(f"index {where} has format version {version}; this pinid ({__version__}) "
-                                   f"reads version {FORMAT_VERSION}: rebuild the index")
+                                   f"reads versions {', '.join(map(str, READABLE_VERSIONS))}: rebuild the index")
         try:
             counts, local, encoder = data["counts"], data["local_features"], data["encoder"]
             manifest = cls(int(version), str(data["pinid_version"]), str(data["created_at"]), encoder,
@@ -204,4 +205,4 @@ def is_index_directory(folder: Path) -> bool:
 
 
 __all__ = ["DATABASE_FILE", "FORMAT_NAME", "FORMAT_VERSION", "INDEX_ENTRIES", "LOCAL_DIR", "MANIFEST_FILE",
-           "Manifest", "VECTORS_FILE", "VOCABULARY_FILE", "check_encoder", "is_index_directory", "read_manifest"]
+           "READABLE_VERSIONS", "Manifest", "VECTORS_FILE", "VOCABULARY_FILE", "check_encoder", "is_index_directory", "read_manifest"]

@@ -33,6 +33,7 @@ Storage in ``INDEX_DIR/local/`` (NumPy ``.npy``, read with ``allow_pickle=False`
     images.npy       (M, 3)   int64    image_id, first row, end row
     geometry.npy     (M, 6)   float32  width, height, pin box x0, y0, x1, y1
     colour.npy       (M, T, T, 4) uint8  Lab thumbnail of the pin box (OpenCV 8-bit Lab) + pin mask
+                                         (255: wholly pin, 128: within its filled silhouette only)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from .config import Config, check
+from .glance import filled
 
 # Fixed facts, not tunables: the shipped PCA table's width, its uint8 coding, the stored thumbnail's side.
 DESCRIPTOR_DIMS = 64
@@ -51,7 +53,10 @@ CODE_SCALE = 200.0  # PCA coordinates of unit RootSIFT stay within +-0.6 (99.99 
 THUMBNAIL_SIDE = 48
 # Bump when reference_entry's output changes for the same FeatureConfig and PCA table: the local-feature
 # cache (pinid.local.cache) keys entries on it, so older entries then stop being returned.
-EXTRACTION_VERSION = 1
+EXTRACTION_VERSION = 2
+#: Alpha of a colour thumbnail: wholly pin (what the colour check compares), or only within the pin's filled
+#: silhouette (what the whole-pin glance reads; indexes made before it have no such pixels).
+INSIDE_ALPHA, SILHOUETTE_ALPHA = 255, 128
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,8 @@ class ReferenceEntry:
 
     features: Features
     pin_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in reference pixels
-    colour: np.ndarray  # (T, T, 4) uint8: OpenCV Lab of the pin box, and 255 where the pin is
+    colour: np.ndarray  # (T, T, 4) uint8: OpenCV Lab of the pin box; INSIDE_ALPHA where wholly pin,
+    #                     SILHOUETTE_ALPHA elsewhere within its filled outline
 
     @property
     def outline(self) -> np.ndarray:
@@ -344,23 +350,37 @@ def pin_mask(image: Image.Image, *, config: FeatureConfig = FeatureConfig(), rgb
 
 def reference_entry(image: Image.Image, *, config: FeatureConfig = FeatureConfig()) -> ReferenceEntry:
     """Everything verification needs from one reference image."""
-    import cv2
-
     rgb = np.asarray(image.convert("RGB"))
     found = pin_mask(image, config=config, rgb=rgb)
+    box, colour = colour_thumbnail(rgb, found)
+    return ReferenceEntry(_reference_features(image, None, config, rgb, found), box, colour)
+
+
+def colour_thumbnail(rgb: np.ndarray, found: np.ndarray) -> tuple[tuple[float, float, float, float], np.ndarray]:
+    """The pin box of a product shot and its (T, T, 4) Lab thumbnail, whose alpha marks the wholly-pin pixels
+    (``INSIDE_ALPHA``) and the rest of the pin's filled silhouette (``SILHOUETTE_ALPHA``).
+
+    ``found``: the shot's ``pin_mask``; with (almost) nothing found the whole image is the pin.
+    """
+    import cv2
+
     mask = found
     if cv2.countNonZero(mask) < 16:  # no visible pin: the whole image is the pin
-        box = (0.0, 0.0, float(image.width), float(image.height))
+        box = (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0]))
         mask = np.ones_like(mask)
     else:
         rows, columns = mask.any(axis=1), mask.any(axis=0)
         box = (float(np.argmax(columns)), float(np.argmax(rows)),
                float(len(columns) - np.argmax(columns[::-1])), float(len(rows) - np.argmax(rows[::-1])))
     x0, y0, x1, y1 = (int(round(v)) for v in box)
-    lab = cv2.cvtColor(rgb[y0:y1, x0:x1], cv2.COLOR_RGB2LAB)
+    lab = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2LAB)
     size = (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
     thumbnail = cv2.resize(lab, size, interpolation=cv2.INTER_AREA)
     # a thumbnail pixel counts as pin only if it is wholly pin: edges mix in the backdrop
     inside = cv2.resize(mask[y0:y1, x0:x1].astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.99
-    colour = np.dstack([thumbnail, inside.astype(np.uint8) * 255])
-    return ReferenceEntry(_reference_features(image, None, config, rgb, found), box, colour)
+    # the pin's whole silhouette (holes where enamel is as light as the backdrop filled), for the glance:
+    # taken at full size, where a thin metal rim still closes the outline
+    outline = filled(cv2.morphologyEx(mask[y0:y1, x0:x1], cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)))
+    silhouette = cv2.resize(outline.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    alpha = np.where(inside, INSIDE_ALPHA, np.where(silhouette, SILHOUETTE_ALPHA, 0)).astype(np.uint8)
+    return box, np.dstack([thumbnail, alpha])

@@ -24,7 +24,7 @@ import os
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -245,6 +245,18 @@ class LocalStore:
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, DESCRIPTOR_DIMS), np.uint8)
         return np.concatenate(rows), np.concatenate(descriptors)
+
+    def thumbnails(self, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every live image's (ids, colour thumbnails (n, T, T, 4), geometry (n, 6)), ``chunk`` images at a
+        time: what a whole-catalogue pass over the pins' colours reads (9 KB an image)."""
+        for part in self._parts:
+            for start in range(0, len(part.images), chunk):
+                positions = part.positions[start:start + chunk]
+                if not len(positions):
+                    continue
+                low, high = int(positions.min()), int(positions.max()) + 1
+                colour = part.colour.rows(low, high)[positions - low]
+                yield part.images[start:start + chunk, 0], colour, part.geometry[positions]
 
     @classmethod
     def load(cls, folder: Path, segments: Sequence[Segment]) -> "LocalStore":

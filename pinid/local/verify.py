@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .config import Config, check
-from .features import THUMBNAIL_SIDE, Features, ReferenceEntry
+from .features import INSIDE_ALPHA, THUMBNAIL_SIDE, Features, ReferenceEntry
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,7 @@ def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np
                                  borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
     valid = cv2.warpPerspective(np.full(image.shape[:2], 255, np.uint8), to_photo, (side, side),
                                 flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
-    inside = (entry.colour[:, :, 3] > 0) & valid
+    inside = (entry.colour[:, :, 3] == INSIDE_ALPHA) & valid
     if inside.sum() < 16:
         return float("nan")
     reference = entry.colour[:, :, :3][inside].astype(np.float32)

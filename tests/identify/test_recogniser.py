@@ -200,3 +200,34 @@ def test_a_mirrored_photo_the_cheap_check_missed_is_found_by_the_fallback(parts)
     without = dataclasses.replace(blind, mirror_fallback_candidates=0)
     ranked, _ = recogniser(parts, LocalConfig(candidates=without)).candidates(mirrored)
     assert not any(c.aligned and c.image_id == 3 and c.verification.distinct_inliers >= 6 for c in ranked)
+
+
+def test_the_glance_brings_in_a_pin_the_vote_gave_nothing(parts, monkeypatch) -> None:
+    plain_table = np.full((540, 720, 3), (92, 78, 64), np.uint8)
+    photo = Image.fromarray(place(plain_table, pin(5), PERSPECTIVE))
+    silent = recogniser(parts)
+    monkeypatch.setattr(silent, "_screen", lambda *args: ({}, False, {}))  # no reference image got a vote
+    ranked, _ = silent.candidates(photo, limit=5)
+    # a fifth of 5 candidates: the one nearest glance, and it is verified like any other
+    assert [c.image_id for c in ranked] == [3] and ranked[0].aligned and ranked[0].votes == 0.0
+    assert silent.candidates(photo, limit=4)[0] == []  # a fifth of 4 is none
+    off = recogniser(parts, LocalConfig(candidates=CandidateConfig(glance_candidates=0)))
+    monkeypatch.setattr(off, "_screen", lambda *args: ({}, False, {}))
+    assert off.candidates(photo, limit=5)[0] == []
+    assert [c.image_id for c in silent.candidates(photo, limit=5, exclude=[3])[0]] != [3]
+    with pytest.raises(ValueError, match="glance_candidates"):
+        CandidateConfig(glance_candidates=-1)
+
+
+def test_glance_candidates_go_in_after_the_votes_first_four_fifths(parts, monkeypatch) -> None:
+    voting = recogniser(parts)
+    votes = {0: 9.0, 1: 8.0, 2: 7.0, 4: 6.0, 3: 5.0}
+    monkeypatch.setattr(voting, "_screen", lambda *args: (votes, False, {}))
+    monkeypatch.setattr(voting, "_glance", lambda rgb, count, excluded: [3, 0][:count])
+    verified = []
+    monkeypatch.setattr(voting, "_verify", lambda order, *args: verified.append(list(order)) or [])
+    voting.candidates(photo_of(pin(5)), limit=5)
+    assert verified == [[0, 1, 2, 4, 3]]  # four from the vote, then the glance's first
+    verified.clear()
+    voting.candidates(photo_of(pin(5)), limit=10)
+    assert verified == [[0, 1, 2, 4, 3]]  # the glance's finds already voted for: nothing twice

@@ -21,6 +21,7 @@ from pinid.catalogue import read_catalogue
 from pinid.encoder.clip import Encoder
 from pinid.errors import IndexFormatError, InputError
 from pinid.index import PinIndex
+from tests.local.test_glance import PINS as FLAT_PINS
 from tests.support import PERSPECTIVE, background, corrupt_files, pin, place, run
 
 
@@ -312,3 +313,31 @@ def test_a_change_is_asked_for_in_one_clear_form_and_calibration_is_logged(tmp_p
         change_index(index.path, "rename", catalogue=read_catalogue(start))  # type: ignore[arg-type]
     index.replace_calibration(index.calibration)
     assert index.generation == 2 and index.manifest.changes[-1]["action"] == "calibrate"
+
+
+def test_an_index_of_the_previous_format_answers_as_before_and_a_change_brings_it_to_todays(tmp_path: Path) -> None:
+    start = tmp_path / "start"
+    for number in range(2):
+        _write_pin(start, f"pin-{number}", [20 + number])
+    (start / "flag").mkdir()
+    FLAT_PINS["flag"].save(start / "flag" / "front.png")  # white enamel inside a thin rim
+    index = PinIndex.build(read_catalogue(start), tmp_path / "idx", None)
+    today = [(m.pin_id, m.inliers) for m in index.identify(_photo(21)).matches]
+    # what version 3 wrote: no silhouette pixels in the thumbnails' alpha, and the version in the manifest
+    manifest_path = tmp_path / "idx" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format_version"] = 3
+    manifest_path.write_text(json.dumps(manifest))
+    for colour_path in (tmp_path / "idx" / "local").glob("*/colour.npy"):
+        colour = np.load(colour_path)
+        assert (colour[..., 3] == 128).any()  # the flag's white cross: silhouette, not wholly pin
+        colour[..., 3] = np.where(colour[..., 3] == 255, 255, 0)
+        colour_path.unlink()  # hard-linked segments: write a new file, never through the link
+        np.save(colour_path, colour)
+    old = PinIndex.load(tmp_path / "idx", encoder=None)
+    assert old.manifest.format_version == 3
+    assert [(m.pin_id, m.inliers) for m in old.identify(_photo(21)).matches] == today
+    _write_pin(start, "pin-3", [23])
+    old.add(read_catalogue(start))
+    assert json.loads(manifest_path.read_text())["format_version"] == 4
+    assert PinIndex.load(tmp_path / "idx", encoder=None).identify(_photo(23)).matches[0].pin_id == "pin-3"

@@ -76,7 +76,7 @@ def test_catalogue_with_only_unreadable_images_builds_nothing(tiny_encoder: Enco
 
 def test_manifest_records_encoder_and_counts(built: PinIndex, tiny_encoder: Encoder) -> None:
     manifest = json.loads((built.path / "manifest.json").read_text())
-    assert manifest["format"] == "pinid-index" and manifest["format_version"] == 3
+    assert manifest["format"] == "pinid-index" and manifest["format_version"] == 4
     assert manifest["encoder"] == tiny_encoder.identity()
     assert manifest["counts"] == {"pins": 6, "images": 12}
     assert manifest["created_at"] and manifest["pinid_version"]

@@ -1,0 +1,98 @@
+"""The whole-pin glance (pinid.local.glance): plain pins told apart by colours and silhouette in photos."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageOps
+
+from pinid.local.features import pin_mask, reference_entry
+from pinid.local.glance import (HISTOGRAM_DIMS, GlanceIndex, colour_histogram, filled, photo_descriptor,
+                                reference_descriptors)
+
+RED, WHITE, BLUE, GREEN, YELLOW = (200, 30, 40), (245, 245, 245), (30, 60, 170), (40, 150, 60), (240, 200, 40)
+GOLD = (190, 150, 60)  # the metal rim every enamel pin has
+
+
+def shot(draw_pin, size: tuple[int, int] = (300, 300)) -> Image.Image:
+    """A product shot of a flat, plain pin: few keypoints, the case the glance is for."""
+    image = Image.new("RGB", size, (236, 236, 232))
+    draw_pin(ImageDraw.Draw(image), size)
+    return image
+
+
+def cross(draw: ImageDraw.ImageDraw, size: tuple[int, int]) -> None:
+    w, h = size
+    draw.rectangle((20, 20, w - 21, h - 21), fill=RED)
+    draw.rectangle((20 + (w - 40) * 0.3, 20, 20 + (w - 40) * 0.42, h - 21), fill=WHITE)
+    draw.rectangle((20, h * 0.44, w - 21, h * 0.56), fill=WHITE)
+    draw.rectangle((20, 20, w - 21, h - 21), outline=GOLD, width=8)  # white enamel inside: the shot's mask holes
+
+
+PINS = {
+    "flag": shot(cross, (480, 300)),  # a wide flag ...
+    "square": shot(cross),  # ... and a square of the same colours: only the silhouette differs
+    "blue disc": shot(lambda d, s: d.ellipse((30, 30, 270, 270), fill=BLUE, outline=WHITE, width=12)),
+    "green triangle": shot(lambda d, s: d.polygon([(150, 25), (280, 270), (20, 270)], fill=GREEN, outline=GOLD, width=6)),
+    "yellow star": shot(lambda d, s: d.polygon([(150, 20), (185, 115), (285, 115), (205, 175), (235, 275),
+                                                (150, 215), (65, 275), (95, 175), (15, 115), (115, 115)],
+                                               fill=YELLOW, outline=GOLD, width=6)),
+}
+
+
+@pytest.fixture(scope="module")
+def glance() -> GlanceIndex:
+    entries = [reference_entry(image) for image in PINS.values()]
+    colour = np.stack([entry.colour for entry in entries])
+    geometry = np.array([[e.features.width, e.features.height, *e.pin_box] for e in entries], np.float32)
+    return GlanceIndex(np.arange(len(entries)), *reference_descriptors(colour, geometry))
+
+
+def photo(image: Image.Image, degrees: float, *, mirrored: bool = False, seed: int = 0) -> np.ndarray:
+    """The pin turned, tilted, a little darker, small on a noisy table top."""
+    rng = np.random.default_rng(seed)
+    table = np.clip(rng.normal((95, 80, 65), 6, (600, 800, 3)), 0, 255).astype(np.uint8)
+    pin = np.asarray(ImageOps.mirror(image) if mirrored else image).astype(np.float32) * 0.85
+    h, w = pin.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 0.7)
+    turn[:, 2] += (400 - w / 2, 300 - h / 2)
+    tilt = np.array([[1.0, 0.12, 0.0], [0.0, 0.9, 0.0], [0.0002, 0.0001, 1.0]]) @ np.vstack([turn, [0, 0, 1]])
+    mask = filled(pin_mask(image))  # the pin, not the shot's backdrop
+    if mirrored:
+        mask = mask[:, ::-1].copy()
+    warped = cv2.warpPerspective(pin.astype(np.uint8), tilt, (800, 600))
+    keep = cv2.warpPerspective(mask, tilt, (800, 600), flags=cv2.INTER_NEAREST) > 0
+    table[keep] = warped[keep]
+    return table
+
+
+def test_histogram_is_a_unit_vector_of_square_roots_and_empty_when_there_is_nothing_to_count() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (500, 3)).astype(np.uint8)
+    histogram = colour_histogram(pixels)
+    assert histogram.shape == (HISTOGRAM_DIMS,) and np.isclose(np.square(histogram).sum(), 1.0)
+    assert not colour_histogram(pixels[:3]).any()
+
+
+@pytest.mark.parametrize("degrees", [0, 35, 90, 200])
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_each_plain_pin_comes_first_in_a_turned_tilted_or_mirrored_photo(glance, degrees, mirrored) -> None:
+    for truth, image in enumerate(PINS.values()):
+        assert glance.rank(photo(image, degrees, mirrored=mirrored, seed=truth), 2)[0] == truth, list(PINS)[truth]
+
+
+def test_the_silhouette_tells_a_wide_flag_from_a_square_of_the_same_colours(glance) -> None:
+    flag, square = list(PINS).index("flag"), list(PINS).index("square")
+    assert glance.rank(photo(PINS["flag"], 30), 1) == [flag]
+    assert glance.rank(photo(PINS["square"], 30), 1) == [square]
+    colours_only = GlanceIndex(glance.image_ids, glance.histograms, glance.shapes, shape_weight=0.0)
+    assert set(colours_only.rank(photo(PINS["flag"], 30), 2)) == {flag, square}
+
+
+def test_a_photo_with_nothing_standing_out_gives_no_candidates(glance) -> None:
+    plain = np.full((400, 600, 3), 120, np.uint8)
+    assert photo_descriptor(plain) is None
+    assert glance.rank(plain, 5) == []
+    assert glance.rank(photo(PINS["flag"], 0), 0) == []
+    assert GlanceIndex(np.zeros(0, np.int64), np.zeros((0, HISTOGRAM_DIMS)), np.zeros((0, 4))).rank(
+        photo(PINS["flag"], 0), 3) == []
