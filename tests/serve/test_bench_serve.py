@@ -39,7 +39,8 @@ def test_bench_serve_smallest_run() -> None:
     for row in rows.values():
         assert row["requests"] == "6"
         assert (row["errors"], row["connection errors"], row["5xx (not 503)"], row["503s"]) == ("0", "0", "0", "0")
-        assert float(row["p50 ms"]) > 0 and float(row["RSS after MB"]) > 0
+        # figures of 1,000 and more carry a thousands separator (a busy machine gets there)
+        assert float(row["p50 ms"].replace(",", "")) > 0 and float(row["RSS after MB"].replace(",", "")) > 0
     assert "Python API p50 (PinIndex.identify, same photo, 3 repeats): " in done.stdout
     assert "(first match heart-gold)" in done.stdout  # the server's answers were checked against this pin
     ratio = next(line for line in done.stdout.splitlines() if line.startswith("server p50 at 1 client / API p50: "))
