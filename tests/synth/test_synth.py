@@ -147,9 +147,8 @@ def small_bench(tmp_path_factory) -> Path:
     return out
 
 
-def test_small_benchmark_is_byte_for_byte_reproducible(small_bench, tmp_path):
-    generate(tmp_path, SIZES["small"], seed=0, workers=2)
-    assert _hashes(tmp_path) == _hashes(small_bench)
+def test_small_benchmark_has_enough_pins_and_photos(small_bench):
+    # byte-for-byte reproducibility is checked on the tiny size (same code, a fraction of the CI time)
     counts = json.loads((small_bench / "benchmark.json").read_text())["counts"]
     assert counts["pins"] >= 45 and counts["queries"] >= 100
 
@@ -157,17 +156,17 @@ def test_small_benchmark_is_byte_for_byte_reproducible(small_bench, tmp_path):
 def test_eval_on_small_benchmark_with_tiny_model(small_bench, tiny_model_dir, tmp_path, capsys):
     # the small benchmark has 50 pins or more, so build-index self-calibrates: on a few photos, to keep CI quick
     main(["build-index", str(small_bench / "catalogue"), "-o", str(tmp_path / "idx"),
-          "--model", f"local-dir:{tiny_model_dir}", "-q", "--calibrate-photos", "24"])
+          "--model", f"local-dir:{tiny_model_dir}", "-q", "--calibrate-photos", "12"])
     capsys.readouterr()
-    # a sample of 60 of its ~170 photos: verified identification takes about a second a photo on 2 cores (CI time)
+    # a sample of 30 of its ~170 photos: verified identification takes about a second a photo on 2 cores (CI time)
     main(["eval", "-i", str(tmp_path / "idx"), "--queries", str(small_bench / "queries.csv"), "--json",
           "--failures", str(tmp_path / "failures"), "--threshold", "0.9", "--latency-samples", "5", "-q",
-          "--sample", "60", "--seed", "0"])
+          "--sample", "30", "--seed", "0"])
     result = json.loads(capsys.readouterr().out)
     rows = _read_csv(small_bench / "queries.csv")
-    assert len(rows) > 60
-    assert result["queries"]["total"] == 60 and result["queries"]["unreadable"] == 0
-    assert result["queries"]["known"] + result["queries"]["unknown"] == 60
+    assert len(rows) > 30
+    assert result["queries"]["total"] == 30 and result["queries"]["unreadable"] == 0
+    assert result["queries"]["known"] + result["queries"]["unknown"] == 30
     assert result["queries"]["known"] > 0 and result["queries"]["unknown"] > 0
     assert set(result["retrieval"]["by_split"]) == {"single", "colourway"}
     assert 0.0 <= result["retrieval"]["recall@1"] <= result["retrieval"]["recall@10"] <= 1.0
