@@ -96,3 +96,20 @@ def test_a_photo_with_nothing_standing_out_gives_no_candidates(glance) -> None:
     assert glance.rank(photo(PINS["flag"], 0), 0) == []
     assert GlanceIndex(np.zeros(0, np.int64), np.zeros((0, HISTOGRAM_DIMS)), np.zeros((0, 4))).rank(
         photo(PINS["flag"], 0), 3) == []
+
+
+def test_the_thumbnail_keeps_the_filled_silhouette_apart_from_what_the_colour_check_compares() -> None:
+    from dataclasses import replace
+
+    from pinid.local.features import INSIDE_ALPHA, SILHOUETTE_ALPHA
+    from pinid.local.verify import colour_distance
+
+    entry = reference_entry(PINS["flag"])
+    alpha, lab = entry.colour[:, :, 3], entry.colour[:, :, :3]
+    assert set(np.unique(alpha)) <= {0, SILHOUETTE_ALPHA, INSIDE_ALPHA}
+    # the white cross is as light as the backdrop: not wholly pin, but within the silhouette, which is the box
+    assert (alpha > 0).all() and (alpha == SILHOUETTE_ALPHA).mean() > 0.15
+    assert lab[alpha == SILHOUETTE_ALPHA][:, 0].mean() > lab[alpha == INSIDE_ALPHA][:, 0].mean() + 60
+    photo_lab = cv2.cvtColor(np.asarray(PINS["flag"]), cv2.COLOR_RGB2LAB)
+    strict = replace(entry, colour=np.dstack([lab, np.where(alpha == INSIDE_ALPHA, INSIDE_ALPHA, 0).astype(np.uint8)]))
+    assert colour_distance(entry, photo_lab, np.eye(3)) == colour_distance(strict, photo_lab, np.eye(3))
