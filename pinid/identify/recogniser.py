@@ -51,13 +51,15 @@ class CandidateConfig(Config):
     # of a single-pin photo's candidates (at most a fifth), taken from the whole-pin glance (colours and silhouette:
     # pinid.local.glance) before the rest of the vote; it finds plain pins that give the vote nothing
     glance_candidates: int = 10
+    glance_mirrored_candidates: int = 10  # of the glance's finds that did not align, verified mirrored too
 
     def __post_init__(self) -> None:
         check(self.max_candidates >= 1 and self.max_board_candidates >= 1, "candidate limits must be at least 1")
         check(self.max_colourway_sources >= 0, "max_colourway_sources must be at least 0")
         check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.mirror_fallback_candidates >= 0
-              and self.glance_candidates >= 0, "screened_candidates, screen_min_inliers, "
-              "mirror_fallback_candidates and glance_candidates must be at least 0")
+              and self.glance_candidates >= 0 and self.glance_mirrored_candidates >= 0,
+              "screened_candidates, screen_min_inliers, mirror_fallback_candidates, glance_candidates and "
+              "glance_mirrored_candidates must be at least 0")
         check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
 
 
@@ -168,6 +170,14 @@ class Recogniser:
             order += [image_id for image_id in glance if image_id not in order][:limit - len(order)]
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
         checked = self._verify(order, mirrored, features, mirror, lab)
+        if mirror is not None and glance and config.candidates.glance_mirrored_candidates:
+            # the glance cannot tell a mirrored photo (colours and outline are the same): what it found and
+            # did not align as the photo is taken is tried in the other orientation
+            found_by_glance = set(glance)
+            others = [v.image_id for v in checked if v.image_id in found_by_glance and not v.aligned
+                      ][:config.candidates.glance_mirrored_candidates]
+            if others:
+                checked = _stronger(checked, self._verify(others, not mirrored, features, mirror, lab))
         fallback = config.candidates.mirror_fallback_candidates
         if mirror is not None and fallback and not any(
                 v.aligned and v.distinct_inliers >= config.candidates.screen_min_inliers for v in checked):

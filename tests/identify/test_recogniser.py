@@ -231,3 +231,18 @@ def test_glance_candidates_go_in_after_the_votes_first_four_fifths(parts, monkey
     verified.clear()
     voting.candidates(photo_of(pin(5)), limit=10)
     assert verified == [[0, 1, 2, 4, 3]]  # the glance's finds already voted for: nothing twice
+
+
+def test_what_the_glance_finds_in_a_mirrored_photo_aligns_mirrored(parts, monkeypatch) -> None:
+    from PIL import ImageOps
+
+    plain_table = np.full((540, 720, 3), (92, 78, 64), np.uint8)
+    mirrored = ImageOps.mirror(Image.fromarray(place(plain_table, pin(5), PERSPECTIVE)))
+    both = recogniser(parts)
+    monkeypatch.setattr(both, "_screen", lambda *args: ({}, False, {}))  # no votes, so not known to be mirrored
+    ranked, _ = both.candidates(mirrored, limit=5)
+    assert [c.image_id for c in ranked] == [3] and ranked[0].aligned and ranked[0].verification.distinct_inliers >= 6
+    as_taken = recogniser(parts, LocalConfig(candidates=CandidateConfig(glance_mirrored_candidates=0)))
+    monkeypatch.setattr(as_taken, "_screen", lambda *args: ({}, False, {}))
+    ranked, _ = as_taken.candidates(mirrored, limit=5)
+    assert [c.image_id for c in ranked] == [3] and not ranked[0].aligned
