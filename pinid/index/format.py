@@ -205,4 +205,5 @@ def is_index_directory(folder: Path) -> bool:
 
 
 __all__ = ["DATABASE_FILE", "FORMAT_NAME", "FORMAT_VERSION", "INDEX_ENTRIES", "LOCAL_DIR", "MANIFEST_FILE",
-           "READABLE_VERSIONS", "Manifest", "VECTORS_FILE", "VOCABULARY_FILE", "check_encoder", "is_index_directory", "read_manifest"]
+           "READABLE_VERSIONS", "Manifest", "VECTORS_FILE", "VOCABULARY_FILE", "check_encoder", "is_index_directory",
+           "read_manifest"]

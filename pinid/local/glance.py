@@ -136,7 +136,7 @@ def salient_region(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
     The pin is taken to be what differs most from the photo's border colours:
     lightness counts half (shadows and light falloff move it), a component
-    touching the border counts a third of its area (table edges, hands).
+    touching the border counts three tenths of its area (table edges, hands).
     """
     import cv2
 

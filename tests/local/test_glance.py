@@ -34,7 +34,8 @@ PINS = {
     "flag": shot(cross, (480, 300)),  # a wide flag ...
     "square": shot(cross),  # ... and a square of the same colours: only the silhouette differs
     "blue disc": shot(lambda d, s: d.ellipse((30, 30, 270, 270), fill=BLUE, outline=WHITE, width=12)),
-    "green triangle": shot(lambda d, s: d.polygon([(150, 25), (280, 270), (20, 270)], fill=GREEN, outline=GOLD, width=6)),
+    "green triangle": shot(lambda d, s: d.polygon([(150, 25), (280, 270), (20, 270)], fill=GREEN, outline=GOLD,
+                                                  width=6)),
     "yellow star": shot(lambda d, s: d.polygon([(150, 20), (185, 115), (285, 115), (205, 175), (235, 275),
                                                 (150, 215), (65, 275), (95, 175), (15, 115), (115, 115)],
                                                fill=YELLOW, outline=GOLD, width=6)),
