@@ -51,7 +51,7 @@ class CandidateConfig(Config):
     # of a single-pin photo's candidates (at most a fifth), taken from the whole-pin glance (colours and silhouette:
     # pinid.local.glance) before the rest of the vote; it finds plain pins that give the vote nothing
     glance_candidates: int = 10
-    glance_mirrored_candidates: int = 10  # of the glance's finds that did not align, verified mirrored too
+    glance_mirrored_candidates: int = 10  # of the glance's own finds that did not align, verified mirrored too
 
     def __post_init__(self) -> None:
         check(self.max_candidates >= 1 and self.max_board_candidates >= 1, "candidate limits must be at least 1")
@@ -159,22 +159,26 @@ class Recogniser:
         glance = [] if board else self._glance(np.asarray(work), min(config.candidates.glance_candidates,
                                                                      limit // 5), excluded)
         ahead = max(0, limit - len(glance))
+        glance_only: set[int] = set()  # what only the glance brought in
         for image_id in _interleave([image_id for image_id, _ in clip], list(votes)):
             if len(order) == ahead:  # the glance's own finds go in before the rest of the vote
-                order += [image_id for image_id in glance if image_id not in order][:limit - len(order)]
+                added = [image_id for image_id in glance if image_id not in order][:limit - len(order)]
+                order += added
+                glance_only.update(added)
             if len(order) >= limit:
                 break
             if image_id not in order and image_id in self.store:
                 order.append(image_id)
         if len(order) < limit:
-            order += [image_id for image_id in glance if image_id not in order][:limit - len(order)]
+            added = [image_id for image_id in glance if image_id not in order][:limit - len(order)]
+            order += added
+            glance_only.update(added)
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
         checked = self._verify(order, mirrored, features, mirror, lab)
-        if mirror is not None and glance and config.candidates.glance_mirrored_candidates:
-            # the glance cannot tell a mirrored photo (colours and outline are the same): what it found and
-            # did not align as the photo is taken is tried in the other orientation
-            found_by_glance = set(glance)
-            others = [v.image_id for v in checked if v.image_id in found_by_glance and not v.aligned
+        if mirror is not None and glance_only and config.candidates.glance_mirrored_candidates:
+            # the glance cannot tell a mirrored photo (colours and outline are the same): what only it found
+            # and did not align as the photo is taken is tried in the other orientation
+            others = [v.image_id for v in checked if v.image_id in glance_only and not v.aligned
                       ][:config.candidates.glance_mirrored_candidates]
             if others:
                 checked = _stronger(checked, self._verify(others, not mirrored, features, mirror, lab))
