@@ -18,12 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pinid.catalogue import read_catalogue
-from pinid.encoder import Encoder
-from pinid.index import PinIndex
 from tests.support import run
-
-from .test_ray_jobs import answers, assert_same_index
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -63,20 +58,6 @@ def test_readme_ray_commands_run_as_typed(tmp_path: Path) -> None:
         str(path.relative_to(tmp_path / "examples" / "catalogue"))
         for path in (tmp_path / "examples" / "catalogue").rglob("*.png"))
     assert all(row["reason"] in ("unique", "representative", "same_pin") for row in rows)
-
-
-def test_clip_build_with_ray_in_process(capsys: pytest.CaptureFixture, tiny_model_dir: Path, tiny_encoder: Encoder,
-                                        tmp_path: Path) -> None:
-    code, out, err = run(capsys, "build-index", REPO / "examples" / "catalogue", "-o", tmp_path / "idx",
-                         "--model", f"local-dir:{tiny_model_dir}", "--cache", tmp_path / "cache",
-                         "--ray-workers", 1, "--ray")
-    assert code == 0, err
-    assert "Built" in out and "5 pins, 5 images" in out
-    PinIndex.build(read_catalogue(REPO / "examples" / "catalogue"), tmp_path / "local", tiny_encoder)
-    assert_same_index(tmp_path / "local", tmp_path / "idx")  # the sample catalogue: as a local build
-    photo = [REPO / "examples" / "photo.jpg"]
-    assert answers(tmp_path / "idx", photo) == answers(tmp_path / "local", photo)
-    assert answers(tmp_path / "idx", photo)[0][0][0] == "heart-gold"
 
 
 def test_dedup_with_ray_as_typed(tiny_bench: Path, tmp_path: Path) -> None:

@@ -62,7 +62,8 @@ def _assert_same_answers(changed: PinIndex, fresh: PinIndex) -> None:
             assert a[2] == pytest.approx(b[2], abs=1e-5)
 
 
-@pytest.mark.parametrize("with_clip", [False, True], ids=["local", "clip"])
+# local features only: CLIP vectors through changes are covered by the approximate-index and CLI tests (CI time)
+@pytest.mark.parametrize("with_clip", [False], ids=["local"])
 def test_any_sequence_of_changes_answers_as_a_fresh_build_of_the_final_catalogue(
         tmp_path: Path, tiny_encoder: Encoder, with_clip: bool) -> None:
     encoder = tiny_encoder if with_clip else None
