@@ -52,14 +52,21 @@ class CandidateConfig(Config):
     # pinid.local.glance) before the rest of the vote; it finds plain pins that give the vote nothing
     glance_candidates: int = 10
     glance_mirrored_candidates: int = 10  # of the glance's own finds that did not align, verified mirrored too
+    # when the cheap check calls neither orientation (most photos), the mirror image's first this many voted
+    # images are verified mirrored as well, on top of the single-pin candidates (0: never)
+    unclear_mirror_candidates: int = 15
+    # ... and an image aligned only that way (or only by the glance's mirrored try) counts from this many distinct
+    # inliers: more hypotheses tried mean more chance alignments, and a stranger must stay unknown
+    unclear_mirror_min_inliers: int = 5
 
     def __post_init__(self) -> None:
         check(self.max_candidates >= 1 and self.max_board_candidates >= 1, "candidate limits must be at least 1")
         check(self.max_colourway_sources >= 0, "max_colourway_sources must be at least 0")
         check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.mirror_fallback_candidates >= 0
-              and self.glance_candidates >= 0 and self.glance_mirrored_candidates >= 0,
-              "screened_candidates, screen_min_inliers, mirror_fallback_candidates, glance_candidates and "
-              "glance_mirrored_candidates must be at least 0")
+              and self.glance_candidates >= 0 and self.glance_mirrored_candidates >= 0
+              and self.unclear_mirror_candidates >= 0 and self.unclear_mirror_min_inliers >= 0,
+              "screened_candidates, screen_min_inliers, mirror_fallback_candidates, glance_candidates, "
+              "glance_mirrored_candidates, unclear_mirror_candidates and unclear_mirror_min_inliers must be at least 0")
         check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
 
 
@@ -152,7 +159,7 @@ class Recogniser:
         work, back = working_copy(image, config.features.board_long_side_px if board
                                   else config.features.query_long_side_px)
         features, mirror = query_feature_pair(work, board=board, config=config.features)
-        votes, mirrored, other_votes = self._screen(features, mirror, excluded)
+        votes, mirrored, other_votes, unclear = self._screen(features, mirror, excluded)
         clip_scores = dict(clip)
         order: list[int] = []
         # the glance fills at most a fifth of the list: the vote and CLIP are the stronger sources
@@ -162,26 +169,31 @@ class Recogniser:
         glance_only: set[int] = set()  # what only the glance brought in
         for image_id in _interleave([image_id for image_id, _ in clip], list(votes)):
             if len(order) == ahead:  # the glance's own finds go in before the rest of the vote
-                added = [image_id for image_id in glance if image_id not in order][:limit - len(order)]
-                order += added
-                glance_only.update(added)
+                glance_only.update(_extend(order, glance, limit))
             if len(order) >= limit:
                 break
             if image_id not in order and image_id in self.store:
                 order.append(image_id)
-        if len(order) < limit:
-            added = [image_id for image_id in glance if image_id not in order][:limit - len(order)]
-            order += added
-            glance_only.update(added)
+        glance_only.update(_extend(order, glance, limit))
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
         checked = self._verify(order, mirrored, features, mirror, lab)
+        mirrored_too: list[int] = []  # verified in the other orientation as well
         if mirror is not None and glance_only and config.candidates.glance_mirrored_candidates:
             # the glance cannot tell a mirrored photo (colours and outline are the same): what only it found
             # and did not align as the photo is taken is tried in the other orientation
-            others = [v.image_id for v in checked if v.image_id in glance_only and not v.aligned
-                      ][:config.candidates.glance_mirrored_candidates]
-            if others:
-                checked = _stronger(checked, self._verify(others, not mirrored, features, mirror, lab))
+            mirrored_too = [v.image_id for v in checked if v.image_id in glance_only and not v.aligned
+                            ][:config.candidates.glance_mirrored_candidates]
+        if unclear and not board and config.candidates.unclear_mirror_candidates:
+            # the cheap check could not tell the orientation: the mirror image's best are tried mirrored
+            best = [image_id for image_id in other_votes if image_id in self.store
+                    ][:config.candidates.unclear_mirror_candidates]
+            mirrored_too += [image_id for image_id in best if image_id not in mirrored_too]
+            votes = {**votes, **{image_id: max(votes.get(image_id, 0.0), other_votes[image_id]) for image_id in best}}
+        if mirrored_too:
+            other_way = self._verify(mirrored_too, not mirrored, features, mirror, lab)
+            if unclear:  # tried only because the orientation is unclear: it must be clearer than chance
+                other_way = [v for v in other_way if v.distinct_inliers >= config.candidates.unclear_mirror_min_inliers]
+            checked = _stronger(checked, other_way)
         fallback = config.candidates.mirror_fallback_candidates
         if mirror is not None and fallback and not any(
                 v.aligned and v.distinct_inliers >= config.candidates.screen_min_inliers for v in checked):
@@ -200,28 +212,35 @@ class Recogniser:
         result.sort(key=lambda c: (-c.rank_score, position[c.image_id]))
         return result, back
 
+    def prepare(self) -> None:
+        """Make now what the first single-pin answer would otherwise make: every reference image's glance
+        (about 0.5 ms an image, from the stored thumbnails). A server calls it before taking requests."""
+        if self._glance_index is not None:
+            return
+        ids, histograms, shapes = [], [], []
+        for image_ids, colour, geometry in self.store.thumbnails():
+            found = reference_descriptors(colour, geometry)
+            ids.append(image_ids)
+            histograms.append(found[0])
+            shapes.append(found[1])
+        self._glance_index = GlanceIndex(np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                                         np.concatenate(histograms) if ids else np.zeros((0, HISTOGRAM_DIMS)),
+                                         np.concatenate(shapes) if ids else np.zeros((0, SHAPE_DIMS)))
+
     def _glance(self, rgb: np.ndarray, count: int, excluded: frozenset[int]) -> list[int]:
         """The ``count`` reference images (not excluded) that look most like the photo's salient region as a
-        whole; the references' descriptors are made from the stored thumbnails on first use."""
+        whole (``prepare`` on first use)."""
         if count <= 0:
             return []
-        if self._glance_index is None:
-            ids, histograms, shapes = [], [], []
-            for image_ids, colour, geometry in self.store.thumbnails():
-                found = reference_descriptors(colour, geometry)
-                ids.append(image_ids)
-                histograms.append(found[0])
-                shapes.append(found[1])
-            self._glance_index = GlanceIndex(np.concatenate(ids) if ids else np.zeros(0, np.int64),
-                                             np.concatenate(histograms) if ids else np.zeros((0, HISTOGRAM_DIMS)),
-                                             np.concatenate(shapes) if ids else np.zeros((0, SHAPE_DIMS)))
+        self.prepare()
+        assert self._glance_index is not None
         found = self._glance_index.rank(rgb, count + len(excluded))
         return [image_id for image_id in found if image_id not in excluded][:count]
 
     def _screen(self, features: Features, mirror: Features | None, excluded: frozenset[int]
-                ) -> tuple[dict[int, float], bool, dict[int, float]]:
-        """Voted images in the order to verify them, with their votes, whether the photo is mirrored, and the
-        other orientation's images and votes (vote order).
+                ) -> tuple[dict[int, float], bool, dict[int, float], bool]:
+        """Voted images in the order to verify them, with their votes; whether the photo is mirrored; the
+        other orientation's images and votes (vote order); and whether the orientation is unclear.
 
         The photo and its mirror image vote separately (a mirrored photo of an
         asymmetric pin gets only chance votes as taken). The first
@@ -231,7 +250,10 @@ class Recogniser:
         mirror's best image has at least ``screen_min_inliers`` and more than
         the photo's best; the chosen orientation's images are verified in the
         order of the cheap check where it found at least ``screen_min_inliers``,
-        then in vote order.
+        then in vote order. When neither orientation reaches
+        ``screen_min_inliers`` (most photos: the cheap check is strict), the
+        orientation is unclear: the photo's own vote is used as taken, and
+        ``candidates`` verifies the mirror's best images mirrored as well.
         """
         config = self.config.candidates
         outcomes: dict[bool, tuple[list[tuple[int, float]], dict[int, int]]] = {}
@@ -253,13 +275,14 @@ class Recogniser:
                                                     config=self.config.verify)
             outcomes[flip] = (kept, quick)
         strongest = {flip: max(quick.values(), default=0) for flip, (_, quick) in outcomes.items()}
-        # mirrored only on clear evidence: chance matches give one or two inliers either way
-        mirrored = strongest.get(True, 0) >= max(config.screen_min_inliers, strongest[False] + 1)
-        kept, quick = outcomes[mirrored]
         floor = config.screen_min_inliers
+        # mirrored only on clear evidence: chance matches give one or two inliers either way
+        mirrored = strongest.get(True, 0) >= max(floor, strongest[False] + 1)
+        unclear = True in outcomes and max(strongest.values()) < floor
+        kept, quick = outcomes[mirrored]
         ranked = sorted(kept, key=lambda item: -(quick.get(item[0], 0) if quick.get(item[0], 0) >= floor else 0))
         other = dict(outcomes[not mirrored][0]) if (not mirrored) in outcomes else {}
-        return dict(ranked), mirrored, other
+        return dict(ranked), mirrored, other, unclear
 
     def _verify(self, order: list[int], mirrored: bool, features: Features, mirror: Features | None,
                 lab: np.ndarray) -> list[Verification]:
@@ -372,6 +395,13 @@ class Recogniser:
                 accepted.append((candidate, confidence, polygon))
         return [Found(self.matches([candidate], 1, back)[0], confidence, polygon)
                 for candidate, confidence, polygon in accepted]
+
+
+def _extend(order: list[int], more: Sequence[int], limit: int) -> list[int]:
+    """Append to ``order`` those of ``more`` it lacks, up to ``limit`` in all; return what was appended."""
+    added = [image_id for image_id in more if image_id not in order][:max(0, limit - len(order))]
+    order += added
+    return added
 
 
 def _stronger(first: list[Verification], second: list[Verification]) -> list[Verification]:

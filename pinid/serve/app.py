@@ -189,13 +189,17 @@ class _Service:
                            metadata if metadata or known is None else known.metadata, tuple(images))
         catalogue = Catalogue(self._uploads_dir(), [record])
         report = self.index.add(catalogue) if action == "add" else self.index.update(catalogue)
+        self.index.recogniser.prepare()  # the new generation's, before the next answer needs it
         return _change_json(report)
 
     def remove_pin(self, pin_id: str) -> dict[str, Any]:
-        return _change_json(self.index.remove([pin_id]))
+        report = self.index.remove([pin_id])
+        self.index.recogniser.prepare()
+        return _change_json(report)
 
     def reload(self) -> dict[str, Any]:
         changed = self.index.reload()
+        self.index.recogniser.prepare()
         with self.thumbnails_lock:
             self.thumbnails.clear()
         return {"reloaded": changed, "generation": self.index.generation, "pins": len(self.index)}

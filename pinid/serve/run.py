@@ -43,6 +43,7 @@ def serve_index(index_dir: Path, *, host: str = "127.0.0.1", port: int = 8000, w
             import torch
 
             torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
+        index.recogniser.prepare()  # not on the first request's time
         app = create_app(index, options)
         bound_host, bound_port = listener.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -190,29 +190,58 @@ def test_screening_orders_candidates_by_the_cheap_check(parts) -> None:
         CandidateConfig(screened_candidates=-1)
 
 
-def test_a_mirrored_photo_the_cheap_check_missed_is_found_by_the_fallback(parts) -> None:
+def test_a_mirrored_photo_the_cheap_check_missed_is_found_by_its_mirror_images_vote(parts) -> None:
+    """Most photos leave the cheap check unsure of the orientation: the mirror's best are verified mirrored too."""
     from PIL import ImageOps
 
-    mirrored = ImageOps.mirror(photo_of(pin(5)))
-    blind = CandidateConfig(screen_min_inliers=1000, mirror_fallback_candidates=25)  # the cheap check never calls it
-    ranked, _ = recogniser(parts, LocalConfig(candidates=blind)).candidates(mirrored)
-    assert ranked[0].image_id == 3 and ranked[0].aligned and ranked[0].verification.distinct_inliers >= 6
-    without = dataclasses.replace(blind, mirror_fallback_candidates=0)
-    ranked, _ = recogniser(parts, LocalConfig(candidates=without)).candidates(mirrored)
-    assert not any(c.aligned and c.image_id == 3 and c.verification.distinct_inliers >= 6 for c in ranked)
+    photo = photo_of(pin(5))
+    mirrored = ImageOps.mirror(photo)
+    blind = CandidateConfig(screen_min_inliers=1000)  # the cheap check never calls either orientation
+
+    def found(config: CandidateConfig, image: Image.Image = mirrored) -> bool:
+        ranked, _ = recogniser(parts, LocalConfig(candidates=config)).candidates(image)
+        return bool(ranked) and ranked[0].image_id == 3 and ranked[0].aligned \
+            and ranked[0].verification.distinct_inliers >= 6
+
+    assert found(blind) and found(blind, photo)
+    # with the photo's own vote only, the mirrored photo's pin is lost, unless the fallback looks again
+    alone = dataclasses.replace(blind, unclear_mirror_candidates=0)
+    assert not found(alone) and found(alone, photo)
+    assert found(dataclasses.replace(alone, mirror_fallback_candidates=25))
+    with pytest.raises(ValueError, match="unclear_mirror_candidates"):
+        CandidateConfig(unclear_mirror_candidates=-1)
+
+
+def test_an_unclear_photo_verifies_the_mirrors_best_once_each_and_no_more(parts, monkeypatch) -> None:
+    rec = recogniser(parts, LocalConfig(candidates=CandidateConfig(screen_min_inliers=1000,
+                                                                   unclear_mirror_candidates=2)))
+    own, other = {0: 3.0, 1: 2.0}, {3: 4.0, 1: 5.0, 2: 1.0}
+    monkeypatch.setattr(rec, "_screen", lambda *args: (own, False, other, True))
+    calls: list[tuple[list[int], bool]] = []
+    real = rec._verify
+    monkeypatch.setattr(rec, "_verify", lambda order, mirrored, *rest: calls.append((list(order), mirrored))
+                        or real(order, mirrored, *rest))
+    ranked, _ = rec.candidates(photo_of(pin(5)), limit=2)
+    assert calls == [([0, 1], False), ([3, 1], True)]  # the mirror's first two, the rest of its vote not
+    votes = {c.image_id: c.votes for c in ranked}
+    assert votes[3] == 4.0 and votes[1] == 5.0  # an image both votes found keeps its larger vote
+    calls.clear()
+    monkeypatch.setattr(rec, "_screen", lambda *args: (own, False, other, False))  # the cheap check was sure
+    rec.candidates(photo_of(pin(5)), limit=2)
+    assert calls == [([0, 1], False)]
 
 
 def test_the_glance_brings_in_a_pin_the_vote_gave_nothing(parts, monkeypatch) -> None:
     plain_table = np.full((540, 720, 3), (92, 78, 64), np.uint8)
     photo = Image.fromarray(place(plain_table, pin(5), PERSPECTIVE))
     silent = recogniser(parts)
-    monkeypatch.setattr(silent, "_screen", lambda *args: ({}, False, {}))  # no reference image got a vote
+    monkeypatch.setattr(silent, "_screen", lambda *args: ({}, False, {}, False))  # no reference image got a vote
     ranked, _ = silent.candidates(photo, limit=5)
     # a fifth of 5 candidates: the one nearest glance, and it is verified like any other
     assert [c.image_id for c in ranked] == [3] and ranked[0].aligned and ranked[0].votes == 0.0
     assert silent.candidates(photo, limit=4)[0] == []  # a fifth of 4 is none
     off = recogniser(parts, LocalConfig(candidates=CandidateConfig(glance_candidates=0)))
-    monkeypatch.setattr(off, "_screen", lambda *args: ({}, False, {}))
+    monkeypatch.setattr(off, "_screen", lambda *args: ({}, False, {}, False))
     assert off.candidates(photo, limit=5)[0] == []
     assert [c.image_id for c in silent.candidates(photo, limit=5, exclude=[3])[0]] != [3]
     with pytest.raises(ValueError, match="glance_candidates"):
@@ -222,7 +251,7 @@ def test_the_glance_brings_in_a_pin_the_vote_gave_nothing(parts, monkeypatch) ->
 def test_glance_candidates_go_in_after_the_votes_first_four_fifths(parts, monkeypatch) -> None:
     voting = recogniser(parts)
     votes = {0: 9.0, 1: 8.0, 2: 7.0, 4: 6.0, 3: 5.0}
-    monkeypatch.setattr(voting, "_screen", lambda *args: (votes, False, {}))
+    monkeypatch.setattr(voting, "_screen", lambda *args: (votes, False, {}, False))
     monkeypatch.setattr(voting, "_glance", lambda rgb, count, excluded: [3, 0][:count])
     verified = []
     monkeypatch.setattr(voting, "_verify", lambda order, *args: verified.append(list(order)) or [])
@@ -239,10 +268,21 @@ def test_what_the_glance_finds_in_a_mirrored_photo_aligns_mirrored(parts, monkey
     plain_table = np.full((540, 720, 3), (92, 78, 64), np.uint8)
     mirrored = ImageOps.mirror(Image.fromarray(place(plain_table, pin(5), PERSPECTIVE)))
     both = recogniser(parts)
-    monkeypatch.setattr(both, "_screen", lambda *args: ({}, False, {}))  # no votes, so not known to be mirrored
+    monkeypatch.setattr(both, "_screen", lambda *args: ({}, False, {}, False))  # no votes, so not known to be mirrored
     ranked, _ = both.candidates(mirrored, limit=5)
     assert [c.image_id for c in ranked] == [3] and ranked[0].aligned and ranked[0].verification.distinct_inliers >= 6
     as_taken = recogniser(parts, LocalConfig(candidates=CandidateConfig(glance_mirrored_candidates=0)))
-    monkeypatch.setattr(as_taken, "_screen", lambda *args: ({}, False, {}))
+    monkeypatch.setattr(as_taken, "_screen", lambda *args: ({}, False, {}, False))
     ranked, _ = as_taken.candidates(mirrored, limit=5)
     assert [c.image_id for c in ranked] == [3] and not ranked[0].aligned
+
+
+def test_prepare_makes_the_glances_once_so_no_answer_waits_for_them(parts, monkeypatch) -> None:
+    rec = recogniser(parts)
+    made: list[int] = []
+    real = rec.store.thumbnails
+    monkeypatch.setattr(rec.store, "thumbnails", lambda: made.append(1) or real())
+    rec.prepare()
+    rec.prepare()
+    ranked, _ = rec.candidates(photo_of(pin(5)))
+    assert made == [1] and ranked[0].image_id == 3
