@@ -204,6 +204,7 @@ def test_a_mirrored_photo_the_cheap_check_missed_is_found_by_its_mirror_images_v
             and ranked[0].verification.distinct_inliers >= 6
 
     assert found(blind) and found(blind, photo)
+    assert not found(dataclasses.replace(blind, unclear_mirror_min_inliers=1000))  # the extra try's own bar
     # with the photo's own vote only, the mirrored photo's pin is lost, unless the fallback looks again
     alone = dataclasses.replace(blind, unclear_mirror_candidates=0)
     assert not found(alone) and found(alone, photo)
@@ -224,7 +225,8 @@ def test_an_unclear_photo_verifies_the_mirrors_best_once_each_and_no_more(parts,
     ranked, _ = rec.candidates(photo_of(pin(5)), limit=2)
     assert calls == [([0, 1], False), ([3, 1], True)]  # the mirror's first two, the rest of its vote not
     votes = {c.image_id: c.votes for c in ranked}
-    assert votes[3] == 4.0 and votes[1] == 5.0  # an image both votes found keeps its larger vote
+    assert votes[1] == 5.0  # an image both votes found keeps its larger vote
+    assert 3 not in votes  # a mirrored try that found too few inliers adds nothing (the photo is not mirrored)
     calls.clear()
     monkeypatch.setattr(rec, "_screen", lambda *args: (own, False, other, False))  # the cheap check was sure
     rec.candidates(photo_of(pin(5)), limit=2)
