@@ -215,26 +215,27 @@ class Recogniser:
     def prepare(self) -> None:
         """Make now what the first single-pin answer would otherwise make: every reference image's glance
         (about 0.5 ms an image, from the stored thumbnails). A server calls it before taking requests."""
-        if self._glance_index is not None:
-            return
-        ids, histograms, shapes = [], [], []
-        for image_ids, colour, geometry in self.store.thumbnails():
-            found = reference_descriptors(colour, geometry)
-            ids.append(image_ids)
-            histograms.append(found[0])
-            shapes.append(found[1])
-        self._glance_index = GlanceIndex(np.concatenate(ids) if ids else np.zeros(0, np.int64),
-                                         np.concatenate(histograms) if ids else np.zeros((0, HISTOGRAM_DIMS)),
-                                         np.concatenate(shapes) if ids else np.zeros((0, SHAPE_DIMS)))
+        self._glances()
+
+    def _glances(self) -> GlanceIndex:
+        if self._glance_index is None:
+            ids, histograms, shapes = [], [], []
+            for image_ids, colour, geometry in self.store.thumbnails():
+                found = reference_descriptors(colour, geometry)
+                ids.append(image_ids)
+                histograms.append(found[0])
+                shapes.append(found[1])
+            self._glance_index = GlanceIndex(np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                                             np.concatenate(histograms) if ids else np.zeros((0, HISTOGRAM_DIMS)),
+                                             np.concatenate(shapes) if ids else np.zeros((0, SHAPE_DIMS)))
+        return self._glance_index
 
     def _glance(self, rgb: np.ndarray, count: int, excluded: frozenset[int]) -> list[int]:
         """The ``count`` reference images (not excluded) that look most like the photo's salient region as a
-        whole (``prepare`` on first use)."""
+        whole (made on first use unless ``prepare`` made them)."""
         if count <= 0:
             return []
-        self.prepare()
-        assert self._glance_index is not None
-        found = self._glance_index.rank(rgb, count + len(excluded))
+        found = self._glances().rank(rgb, count + len(excluded))
         return [image_id for image_id in found if image_id not in excluded][:count]
 
     def _screen(self, features: Features, mirror: Features | None, excluded: frozenset[int]
