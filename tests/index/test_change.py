@@ -63,10 +63,8 @@ def _assert_same_answers(changed: PinIndex, fresh: PinIndex) -> None:
 
 
 # local features only: CLIP vectors through changes are covered by the approximate-index and CLI tests (CI time)
-@pytest.mark.parametrize("with_clip", [False], ids=["local"])
-def test_any_sequence_of_changes_answers_as_a_fresh_build_of_the_final_catalogue(
-        tmp_path: Path, tiny_encoder: Encoder, with_clip: bool) -> None:
-    encoder = tiny_encoder if with_clip else None
+def test_any_sequence_of_changes_answers_as_a_fresh_build_of_the_final_catalogue(tmp_path: Path) -> None:
+    encoder = None
     start = tmp_path / "start"
     for number in range(4):
         _write_pin(start, f"pin-{number}", [10 + number])
@@ -105,12 +103,6 @@ def test_any_sequence_of_changes_answers_as_a_fresh_build_of_the_final_catalogue
     assert reopened.manifest.images == fresh.manifest.images == 9
     assert reopened.recogniser.store.live_rows == fresh.recogniser.store.live_rows
     assert reopened.info()["counts"] == fresh.info()["counts"]
-    search = reopened.search if with_clip else None
-    if search is not None:
-        vectors = tiny_encoder.encode_images([_photo(seed) for seed in QUERY_SEEDS]).vectors
-        for mine, theirs in zip(reopened.search(vectors, k=7), fresh.search(vectors, k=7)):
-            assert [m.pin_id for m in mine] == [m.pin_id for m in theirs]
-            assert [m.similarity for m in mine] == pytest.approx([m.similarity for m in theirs], abs=1e-6)
     _assert_same_answers(reopened, fresh)
     pin3 = [row for row in reopened._table.pins.values() if row.pin_id == "pin-3"][0]
     assert pin3.name == "Pin three, reissued" and pin3.metadata["year"] == 2026
