@@ -144,13 +144,23 @@ def quick_inliers(query_keypoints: np.ndarray, reference_keypoints: np.ndarray, 
 
 
 def hough_filter(ref_kp: np.ndarray, query_kp: np.ndarray) -> np.ndarray:
-    """Keep matches that agree with the most common rotation and scale change (Lowe 2004, section 7)."""
+    """Keep matches that agree with the most common rotation and scale change (Lowe 2004, section 7).
+
+    Rotation bins are 30 degrees over the full circle (wrapping around),
+    scale bins half an octave from -6 to +6 octaves; each bin is counted with
+    its eight neighbours, and matches within 45 degrees and one octave of the
+    peak bin's centre are kept.
+    """
     rotation = (query_kp[:, 3] - ref_kp[:, 3]) % 360.0
     log_scale = np.log2(np.maximum(query_kp[:, 2], 1e-3) / np.maximum(ref_kp[:, 2], 1e-3))
-    histogram, _, _ = np.histogram2d(rotation, log_scale, bins=[12, np.arange(-6.0, 6.01, 0.5)])
-    # count each bin with its neighbours (rotation wraps around)
-    padded = np.concatenate([histogram[-1:], histogram, histogram[:1]])
-    smoothed = sum(np.roll(padded, (dr, ds), axis=(0, 1))[1:-1] for dr in (-1, 0, 1) for ds in (-1, 0, 1))
+    rotation_bin = np.minimum((rotation // 30.0).astype(np.int64), 11)
+    scale_bin = np.floor((log_scale + 6.0) / 0.5).astype(np.int64)
+    scale_bin[log_scale == 6.0] = 23  # the last bin includes its right edge
+    counted = (scale_bin >= 0) & (scale_bin < 24)
+    histogram = np.bincount(rotation_bin[counted] * 24 + scale_bin[counted], minlength=12 * 24).reshape(12, 24)
+    # each bin with its neighbours: rotation wraps around, scale does not
+    padded = np.pad(np.concatenate([histogram[-1:], histogram, histogram[:1]]), ((0, 0), (1, 1)))
+    smoothed = sum(padded[1 + dr:13 + dr, 1 + ds:25 + ds] for dr in (-1, 0, 1) for ds in (-1, 0, 1))
     peak_r, peak_s = np.unravel_index(np.argmax(smoothed), smoothed.shape)
     centre_rotation, centre_scale = (peak_r + 0.5) * 30.0, -6.0 + (peak_s + 0.5) * 0.5
     return ((np.abs((rotation - centre_rotation + 180.0) % 360.0 - 180.0) <= 45.0)

@@ -17,7 +17,7 @@ from pinid.evaluation.boards import polygon_iou
 from pinid.index import PinIndex
 from pinid.local.features import (DESCRIPTOR_DIMS, THUMBNAIL_SIDE, FeatureConfig, encode_descriptors,
                                   query_features, reference_entry)
-from pinid.local.verify import VerifyConfig, verify
+from pinid.local.verify import VerifyConfig, hough_filter, verify
 
 from tests.support import PERSPECTIVE, SIDE, background, pin, place, recolour, recolour_hsv
 
@@ -73,6 +73,34 @@ def test_unrelated_reference_does_not_align() -> None:
     features = query_features(Image.fromarray(photo))
     result = verify(features, cv2.cvtColor(photo, cv2.COLOR_RGB2LAB), [(1, reference_entry(pin(4)))])[0]
     assert not result.aligned and result.distinct_inliers == 0 and np.isnan(result.colour_distance)
+
+
+def _keypoint_pairs(turns: np.ndarray, scale_change: float) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    count = len(turns)
+    reference = np.column_stack([rng.uniform(0, 100, (count, 2)), rng.uniform(2, 6, count), rng.uniform(0, 360, count)])
+    photo = reference.copy()
+    photo[:, 2] *= scale_change
+    photo[:, 3] = (reference[:, 3] + turns) % 360.0
+    return reference, photo
+
+
+def test_hough_filter_keeps_a_consistent_group_whatever_its_rotation() -> None:
+    # few matches that agree on a turn of about 120 degrees: the bins are fixed 30-degree bins over the
+    # circle, not spread over the range of the data (which once put the peak's centre far off them)
+    for turn in (5.0, 120.0, 200.0, 355.0):
+        turns = turn + np.linspace(-15, 15, 12)
+        reference, photo = _keypoint_pairs(turns, 1.3)
+        assert hough_filter(reference, photo).all(), turn
+
+
+def test_hough_filter_drops_matches_that_disagree_with_the_group() -> None:
+    rng = np.random.default_rng(4)
+    turns = np.concatenate([77.0 + rng.normal(0, 5, 30), [200.0, 260.0, 300.0, 20.0]])
+    reference, photo = _keypoint_pairs(turns, 0.7)
+    photo[30:, 2] = reference[30:, 2] * 8.0  # ... and the wrong scale as well as the wrong turn
+    kept = hough_filter(reference, photo)
+    assert kept[:30].all() and not kept[30:].any()
 
 
 def test_reference_entry_is_compact_and_finds_the_pin_box() -> None:
