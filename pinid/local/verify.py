@@ -227,11 +227,11 @@ def verify_geometry(image_id: int, entry: ReferenceEntry, query: Features, ref_r
         return _failed(image_id, matches)
     inlier = mask.ravel().astype(bool)
     to_reference = np.vstack([affine, [0.0, 0.0, 1.0]])
-    # refine to a full homography on the affine inliers when it keeps (almost) as many
+    # refine to a full homography on the affine inliers when it keeps (almost) as many, and min_inliers
     if inlier.sum() >= config.homography_min_inliers and _spread(ref_xy[inlier], entry.outline) >= \
             config.homography_min_spread:
         homography, hmask = cv2.findHomography(query_xy[inlier], ref_xy[inlier], cv2.RANSAC, threshold)
-        if homography is not None and hmask is not None and hmask.sum() >= 0.9 * inlier.sum():
+        if homography is not None and hmask is not None and hmask.sum() >= max(0.9 * inlier.sum(), config.min_inliers):
             to_reference = homography
             inlier[np.nonzero(inlier)[0][~hmask.ravel().astype(bool)]] = False
     try:
