@@ -17,7 +17,7 @@ from pinid.evaluation.boards import polygon_iou
 from pinid.index import PinIndex
 from pinid.local.features import (DESCRIPTOR_DIMS, THUMBNAIL_SIDE, FeatureConfig, encode_descriptors,
                                   query_features, reference_entry)
-from pinid.local.verify import VerifyConfig, hough_filter, verify
+from pinid.local.verify import VerifyConfig, balance_illumination, hough_filter, verify
 
 from tests.support import PERSPECTIVE, SIDE, background, pin, place, recolour, recolour_hsv
 
@@ -102,6 +102,44 @@ def test_hough_filter_drops_matches_that_disagree_with_the_group() -> None:
     photo[30:, 2] = reference[30:, 2] * 8.0  # ... and the wrong scale as well as the wrong turn
     kept = hough_filter(reference, photo)
     assert kept[:30].all() and not kept[30:].any()
+
+
+def _lab_of(rgb: list[tuple[int, int, int]]) -> np.ndarray:
+    return cv2.cvtColor(np.array([rgb], np.uint8), cv2.COLOR_RGB2LAB)[0].astype(np.float64)
+
+
+def _lit(rgb: list[tuple[int, int, int]], gains: tuple[float, float, float]) -> np.ndarray:
+    """The colours as a camera sees them under a light that scales each linear channel by ``gains``."""
+    linear = (np.array(rgb, np.float64) / 255.0) ** 2.2 * np.array(gains)
+    return _lab_of([tuple(int(v) for v in row) for row in np.round(np.clip(linear, 0, 1) ** (1 / 2.2) * 255)])
+
+
+ENAMEL = [(200, 40, 40), (40, 90, 190), (235, 200, 60), (60, 150, 80)]  # red, blue, yellow, green fields
+AREAS = np.array([4.0, 3.0, 2.0, 1.0])
+
+
+def test_balancing_takes_out_the_exposure_and_a_mild_tint() -> None:
+    reference = _lab_of(ENAMEL)
+    photo = _lit(ENAMEL, (0.55 * 1.15, 0.55, 0.55 / 1.15))  # a stop darker, warm light
+    before = np.linalg.norm(photo - reference, axis=1).mean()
+    after = np.linalg.norm(balance_illumination(photo, reference, AREAS, max_tint=1.35) - reference, axis=1).mean()
+    assert before > 20 and after < 3, (before, after)
+    # brightness only (no tint allowed): the exposure goes, the warm cast stays
+    darker = np.linalg.norm(balance_illumination(photo, reference, AREAS, max_tint=1.0) - reference, axis=1).mean()
+    assert after < darker < before
+
+
+def test_balancing_does_not_turn_one_colourway_into_another() -> None:
+    # the same fields in other hues, brighter: the light may explain the brightness, not the hues
+    other = [(40, 90, 190), (200, 40, 40), (60, 150, 80), (235, 200, 60)]
+    reference = _lab_of(ENAMEL)
+    balanced = balance_illumination(_lit(other, (1.6, 1.6, 1.6)), reference, AREAS, max_tint=1.35)
+    assert np.linalg.norm(balanced - reference, axis=1).min() > 30
+    # one field that truly differs does not pull the light: the other three come back, it stays off
+    one_off = ENAMEL[:3] + [(200, 60, 200)]
+    balanced = balance_illumination(_lit(one_off, (0.6, 0.6, 0.6)), reference, AREAS, max_tint=1.35)
+    distances = np.linalg.norm(balanced - reference, axis=1)
+    assert distances[:3].max() < 8 and distances[3] > 40, distances  # (8-bit rounding of dark channels)
 
 
 def test_reference_entry_is_compact_and_finds_the_pin_box() -> None:
