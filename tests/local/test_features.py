@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from PIL import Image
 
@@ -17,9 +19,12 @@ def test_feature_config_is_obeyed() -> None:
     assert len(reference_features(shot, config=one_view)) < len(reference_features(shot))
     photo = Image.fromarray(place(background(), shot, PERSPECTIVE))
     assert len(query_features(photo, config=FeatureConfig(max_query_features=30))) == 30
-    small = query_features(photo, config=FeatureConfig(query_long_side_px=256))
+    uncapped = FeatureConfig(max_query_features=100_000)
+    small = query_features(photo, config=replace(uncapped, query_long_side_px=256))
     assert (small.width, small.height) == photo.size  # coordinates stay in the photo's pixels
-    assert 0 < len(small) < len(query_features(photo))
+    assert 0 < len(small) < len(query_features(photo, config=uncapped))
+    everything = len(query_features(photo, config=uncapped))
+    assert len(query_features(photo)) == min(FeatureConfig().max_query_features, everything)
     # nothing on the light backdrop differs by more than 255 grey levels
     assert not pin_mask(shot, config=FeatureConfig(foreground_difference_above=255)).any()
     assert np.array_equal(pin_mask(shot), pin_mask(shot, config=FeatureConfig()))
@@ -92,3 +97,21 @@ def test_mirrored_features_describe_the_mirrored_photo() -> None:
 
 def query_features_of(image: Image.Image):
     return query_features(image)
+
+
+def test_kept_keypoints_are_spread_over_the_photo() -> None:
+    from pinid.local.features import spread_strongest
+
+    # a busy corner with strong keypoints and a quiet rest with weak ones
+    rng = np.random.default_rng(0)
+    busy = np.column_stack([rng.uniform(0, 25, (400, 2)), np.full((400, 2), 4.0)])
+    quiet = np.column_stack([rng.uniform(25, 100, (100, 2)), np.full((100, 2), 4.0)])
+    points = np.vstack([busy, quiet]).astype(np.float32)
+    responses = np.concatenate([rng.uniform(0.5, 1.0, 400), rng.uniform(0.0, 0.1, 100)]).astype(np.float32)
+    plain = spread_strongest(points, responses, 200, (100, 100), 1)
+    assert (plain < 400).all()  # the plain cut keeps only the busy corner
+    spread = spread_strongest(points, responses, 200, (100, 100), 4)
+    assert len(set(spread.tolist())) == 200 and (spread >= 400).sum() == 100  # every quiet keypoint kept
+    assert responses[spread[spread < 400]].min() >= np.sort(responses[:400])[-100]  # the busy corner's strongest
+    assert spread_strongest(points, responses, 1000, (100, 100), 4).tolist() == \
+        np.argsort(-responses, kind="stable").tolist()  # under the limit: all, strongest first
