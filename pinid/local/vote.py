@@ -51,7 +51,7 @@ class VoteConfig(Config):
     scale_bin_octaves: float = 1.0
     vocabulary_budget_mb: int = 1024  # vocabulary memory; above it each image keeps an even spread of its rows
     vote_descriptors_per_image: int = 0  # a fixed cap per image instead (0: as the budget allows)
-    vote_query_descriptors: int = 0  # a photo's strongest descriptors that vote (0: all it has)
+    vote_query_descriptors: int = 0  # a photo's first descriptors that vote (0: all it has)
 
     def __post_init__(self) -> None:
         for name in ("neighbours_per_descriptor", "inverted_lists_probed", "max_inverted_lists",
@@ -235,7 +235,7 @@ def ballot(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_key
     """
     if len(descriptors) == 0 or index.ntotal == 0:
         return Ballot.empty()
-    if config.vote_query_descriptors:  # a photo's features come strongest first (query_features)
+    if config.vote_query_descriptors:  # a photo's features come best first (query_features: spread_strongest)
         descriptors = descriptors[:config.vote_query_descriptors]
         query_keypoints = query_keypoints[:config.vote_query_descriptors]
     distances, rows = index.search(np.ascontiguousarray(descriptors, dtype=np.float32),
