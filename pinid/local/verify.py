@@ -304,10 +304,10 @@ def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np
     reference = entry.colour[:, :, :3][inside].astype(np.float32)
     photo = warped[inside].astype(np.float32)
     labels = colour_regions(reference, config.max_colour_regions)
-    regions = np.unique(labels)
-    areas = np.array([(labels == region).sum() for region in regions], np.float64)
-    reference_medians = np.array([np.median(reference[labels == region], axis=0) for region in regions])
-    photo_medians = np.array([np.median(photo[labels == region], axis=0) for region in regions])
+    members = [labels == region for region in np.unique(labels)]
+    areas = np.array([member.sum() for member in members], np.float64)
+    reference_medians = np.array([np.median(reference[member], axis=0) for member in members])
+    photo_medians = np.array([np.median(photo[member], axis=0) for member in members])
     if config.balance_illumination:
         photo_medians = balance_illumination(photo_medians, reference_medians, areas,
                                              max_tint=config.max_illumination_tint)
