@@ -8,7 +8,7 @@ For each sampled photo of a catalogue pin (``single`` and ``colourway``), with
 the index's own settings and no CLIP (local features only):
 
 * **candidates**: the true pin is among the reference images verified (the first
-  ``max_candidates`` of the merged candidate list);
+  ``max_tries`` of the merged candidate list);
 * **aligned**: its reference image passed geometric verification;
 * **first**: it is the answer (rank 1 after the calibrated ranking).
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             section, _, key = name.partition(".")
             settings[section][key] = json.loads(value)
         recogniser.config = LocalConfig.from_dict(settings)
-    limit = recogniser.config.candidates.max_candidates
+    limit = recogniser.config.candidates.max_tries
     known = [q for q in read_queries(args.queries) if q.is_known]
     queries = sample_queries(known, args.sample, args.seed)
     table = recogniser.table

@@ -38,35 +38,31 @@ from .pin_table import PinTable
 class CandidateConfig(Config):
     """How many reference images are verified per photo, and when two found pins are one."""
 
-    max_candidates: int = 50  # merged CLIP and vote candidates verified per single-pin photo
+    # (image, orientation) pairs verified per single-pin photo, from CLIP, the glance and both votes (photo and
+    # mirror image) in one list: 70 found as many true pins on 300 full-benchmark photos as 50 images of one vote did
+    max_tries: int = 70
     max_board_candidates: int = 80  # ... per board photo
     max_colourway_sources: int = 3  # aligned candidates whose colourways are checked too
     same_pin_overlap_above: float = 0.3  # polygons overlapping more (intersection over the smaller) are one pin
     screened_candidates: int = 150  # of each vote (photo, mirror image), checked cheaply first (0: vote order)
     screen_min_inliers: int = 6  # cheap-check inliers that move an image ahead of the vote order
-    # verified in the other orientation when nothing aligned well (0: never). Off by default: on the
-    # full benchmark it lifted mirrored photos' recall@1 from 0.21 to 0.33, but it also let a pin that is
-    # not in the catalogue align by chance (tests/test_cli.py), and open-set answers matter more
-    mirror_fallback_candidates: int = 0
     # of a single-pin photo's candidates (at most a fifth), taken from the whole-pin glance (colours and silhouette:
     # pinid.local.glance) before the rest of the vote; it finds plain pins that give the vote nothing
     glance_candidates: int = 10
-    glance_mirrored_candidates: int = 10  # of the glance's own finds that did not align, verified mirrored too
-    # when the cheap check calls neither orientation (most photos), the mirror image's first this many voted
-    # images are verified mirrored as well, on top of the single-pin candidates (0: never)
-    unclear_mirror_candidates: int = 15
-    # ... and an image aligned only that way (or only by the glance's mirrored try) counts from this many distinct
-    # inliers: more hypotheses tried mean more chance alignments, and a stranger must stay unknown
-    unclear_mirror_min_inliers: int = 5
+    glance_mirrored_candidates: int = 10  # of the glance's finds, tried both ways round (on top of max_tries)
+
+    # settings of older indexes: the unclear-orientation step and the mirror fallback, which one list of both votes
+    # (``_screen``) replaced, and the count of images verified (each once), which ``max_tries`` replaced
+    RETIRED = frozenset({"unclear_mirror_candidates", "unclear_mirror_min_inliers", "mirror_fallback_candidates",
+                         "max_candidates"})
 
     def __post_init__(self) -> None:
-        check(self.max_candidates >= 1 and self.max_board_candidates >= 1, "candidate limits must be at least 1")
+        check(self.max_tries >= 1 and self.max_board_candidates >= 1, "max_tries and max_board_candidates must be at least 1")
         check(self.max_colourway_sources >= 0, "max_colourway_sources must be at least 0")
-        check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.mirror_fallback_candidates >= 0
-              and self.glance_candidates >= 0 and self.glance_mirrored_candidates >= 0
-              and self.unclear_mirror_candidates >= 0 and self.unclear_mirror_min_inliers >= 0,
-              "screened_candidates, screen_min_inliers, mirror_fallback_candidates, glance_candidates, "
-              "glance_mirrored_candidates, unclear_mirror_candidates and unclear_mirror_min_inliers must be at least 0")
+        check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.glance_candidates >= 0
+              and self.glance_mirrored_candidates >= 0,
+              "screened_candidates, screen_min_inliers, glance_candidates and glance_mirrored_candidates must be at "
+              "least 0")
         check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
 
 
@@ -153,54 +149,37 @@ class Recogniser:
 
         config = self.config
         if limit is None:
-            limit = config.candidates.max_board_candidates if board else config.candidates.max_candidates
+            limit = config.candidates.max_board_candidates if board else config.candidates.max_tries
         excluded = frozenset(int(i) for i in exclude)
         clip = [(int(image_id), float(cosine)) for image_id, cosine in clip if int(image_id) not in excluded]
         work, back = working_copy(image, config.features.board_long_side_px if board
                                   else config.features.query_long_side_px)
         features, mirror = query_feature_pair(work, board=board, config=config.features)
-        votes, mirrored, other_votes, unclear = self._screen(features, mirror, excluded)
+        votes, voted, mirrored = self._screen(features, mirror, excluded)
         clip_scores = dict(clip)
-        order: list[int] = []
+        # what to verify: (image, mirrored) pairs; an image no vote brought is tried in the likelier orientation
+        tries: list[tuple[int, bool]] = []
         # the glance fills at most a fifth of the list: the vote and CLIP are the stronger sources
         glance = [] if board else self._glance(np.asarray(work), min(config.candidates.glance_candidates,
                                                                      limit // 5), excluded)
+        # the glance cannot tell a mirrored photo (colours and outline are the same): its first finds are tried
+        # both ways round, so that neither orientation is favoured
+        both_ways = config.candidates.glance_mirrored_candidates if mirror is not None else 0
+        glance_tries = [pair for i, image_id in enumerate(glance)
+                        for pair in ((image_id, mirrored), (image_id, not mirrored))[:2 if i < both_ways else 1]]
         ahead = max(0, limit - len(glance))
-        glance_only: set[int] = set()  # what only the glance brought in
-        for image_id in _interleave([image_id for image_id, _ in clip], list(votes)):
-            if len(order) == ahead:  # the glance's own finds go in before the rest of the vote
-                glance_only.update(_extend(order, glance, limit))
-            if len(order) >= limit:
+        for pair in _interleave([(image_id, mirrored) for image_id, _ in clip], voted):
+            if len(tries) == ahead:  # the glance's own finds go in before the rest of the vote
+                _extend(tries, glance_tries, limit + len(glance_tries) - len(glance))
+            if len(tries) >= limit:
                 break
-            if image_id not in order and image_id in self.store:
-                order.append(image_id)
-        glance_only.update(_extend(order, glance, limit))
+            if pair not in tries and pair[0] in self.store:
+                tries.append(pair)
+        _extend(tries, glance_tries, limit + len(glance_tries) - len(glance))
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
-        checked = self._verify(order, mirrored, features, mirror, lab)
-        mirrored_too: list[int] = []  # verified in the other orientation as well
-        if mirror is not None and glance_only and config.candidates.glance_mirrored_candidates:
-            # the glance cannot tell a mirrored photo (colours and outline are the same): what only it found
-            # and did not align as the photo is taken is tried in the other orientation
-            mirrored_too = [v.image_id for v in checked if v.image_id in glance_only and not v.aligned
-                            ][:config.candidates.glance_mirrored_candidates]
-        if unclear and not board and config.candidates.unclear_mirror_candidates:
-            # the cheap check could not tell the orientation: the mirror image's best are tried mirrored
-            best = [image_id for image_id in other_votes if image_id in self.store
-                    ][:config.candidates.unclear_mirror_candidates]
-            mirrored_too += [image_id for image_id in best if image_id not in mirrored_too]
-            votes = {**votes, **{image_id: max(votes.get(image_id, 0.0), other_votes[image_id]) for image_id in best}}
-        if mirrored_too:
-            other_way = self._verify(mirrored_too, not mirrored, features, mirror, lab)
-            if unclear:  # tried only because the orientation is unclear: it must be clearer than chance
-                other_way = [v for v in other_way if v.distinct_inliers >= config.candidates.unclear_mirror_min_inliers]
-            checked = _stronger(checked, other_way)
-        fallback = config.candidates.mirror_fallback_candidates
-        if mirror is not None and fallback and not any(
-                v.aligned and v.distinct_inliers >= config.candidates.screen_min_inliers for v in checked):
-            # nothing aligned convincingly: the photo may be mirrored after all (the cheap check missed it)
-            others = [image_id for image_id in other_votes if image_id in self.store][:fallback]
-            checked = _stronger(checked, self._verify(others, not mirrored, features, mirror, lab))
-            votes = {**other_votes, **votes}
+        checked = self._verify(tries, features, mirror, lab)
+        checked = _strongest_each(checked)
+        order = [v.image_id for v in checked]
         checked = self._with_colourways(checked, lab, excluded)
         order += [v.image_id for v in checked[len(order):]]
         found = [Candidate(v.image_id, self.image_pin_rows[v.image_id], self.designs[self.image_pin_rows[v.image_id]],
@@ -239,66 +218,72 @@ class Recogniser:
         return [image_id for image_id in found if image_id not in excluded][:count]
 
     def _screen(self, features: Features, mirror: Features | None, excluded: frozenset[int]
-                ) -> tuple[dict[int, float], bool, dict[int, float], bool]:
-        """Voted images in the order to verify them, with their votes; whether the photo is mirrored; the
-        other orientation's images and votes (vote order); and whether the orientation is unclear.
+                ) -> tuple[dict[int, float], list[tuple[int, bool]], bool]:
+        """Each voted image's votes (the larger of its two); (image, mirrored) pairs in the order to verify
+        them; and whether the photo is clearly mirrored (how to try candidates no vote brought).
 
         The photo and its mirror image vote separately (a mirrored photo of an
-        asymmetric pin gets only chance votes as taken). The first
-        ``screened_candidates`` images of each vote then get the cascade's cheap
-        check (``quick_inliers``: does one similarity transform explain the
-        vote's own matches?). The photo counts as mirrored only when the
-        mirror's best image has at least ``screen_min_inliers`` and more than
-        the photo's best; the chosen orientation's images are verified in the
-        order of the cheap check where it found at least ``screen_min_inliers``,
-        then in vote order. When neither orientation reaches
-        ``screen_min_inliers`` (most photos: the cheap check is strict), the
-        orientation is unclear: the photo's own vote is used as taken, and
-        ``candidates`` verifies the mirror's best images mirrored as well.
+        asymmetric pin gets only chance votes as taken), and both ballots are
+        treated alike: the first ``screened_candidates`` images of each get the
+        cascade's cheap check (``quick_inliers``: does one similarity transform
+        explain the vote's own matches?), and one list holds both: images the
+        cheap check found (at least ``screen_min_inliers``) first, by its
+        inliers, then the rest by their votes. An image both ballots name is
+        listed once for each, so it is tried in both orientations where both
+        rank high enough. A mirrored photo's two ballots are the unmirrored
+        photo's swapped, so it gets the same tries, each the other way round:
+        no orientation is favoured.
         """
         config = self.config.candidates
-        outcomes: dict[bool, tuple[list[tuple[int, float]], dict[int, int]]] = {}
+        floor = config.screen_min_inliers
+        listed: list[tuple[int, float, int, bool]] = []  # (cheap-check inliers if found, votes, image, mirrored)
+        strongest = {False: 0, True: 0}
         for flip, seen in ((False, features), (True, mirror)):
             if seen is None:
                 continue
             found = ballot(self.vocabulary, self.store.row_image, seen.descriptors, seen.keypoints,
                            self.store.vote_keypoints, config=self.config.vote)
-            kept = [(image_id, total) for image_id, total in zip(found.images.tolist(), found.totals.tolist())
-                    if image_id not in excluded]
             matches = _matches_by_image(found) if config.screened_candidates else {}
-            quick: dict[int, int] = {}
-            for image_id, _ in kept[:config.screened_candidates]:
-                if image_id in self.store:
+            screened = 0
+            for image_id, total in zip(found.images.tolist(), found.totals.tolist()):
+                if image_id in excluded:
+                    continue
+                quick = 0
+                if screened < config.screened_candidates and image_id in self.store:
+                    screened += 1
                     query_rows, reference_rows = matches.get(image_id, (np.zeros(0, np.int64),) * 2)
                     keypoints, first_row, long_side = self.store.keypoints(image_id)
-                    quick[image_id] = quick_inliers(seen.keypoints[query_rows],
-                                                    keypoints[reference_rows - first_row], long_side,
-                                                    config=self.config.verify)
-            outcomes[flip] = (kept, quick)
-        strongest = {flip: max(quick.values(), default=0) for flip, (_, quick) in outcomes.items()}
-        floor = config.screen_min_inliers
+                    quick = quick_inliers(seen.keypoints[query_rows], keypoints[reference_rows - first_row],
+                                          long_side, config=self.config.verify)
+                    strongest[flip] = max(strongest[flip], quick)
+                listed.append((quick if quick >= floor else 0, total, image_id, flip))
+        listed.sort(key=lambda item: (-item[0], -item[1], item[2], item[3]))
+        votes: dict[int, float] = {}
+        for _, total, image_id, _ in listed:
+            votes[image_id] = max(votes.get(image_id, 0.0), total)
         # mirrored only on clear evidence: chance matches give one or two inliers either way
-        mirrored = strongest.get(True, 0) >= max(floor, strongest[False] + 1)
-        unclear = True in outcomes and max(strongest.values()) < floor
-        kept, quick = outcomes[mirrored]
-        ranked = sorted(kept, key=lambda item: -(quick.get(item[0], 0) if quick.get(item[0], 0) >= floor else 0))
-        other = dict(outcomes[not mirrored][0]) if (not mirrored) in outcomes else {}
-        return dict(ranked), mirrored, other, unclear
+        mirrored = strongest[True] >= max(floor, strongest[False] + 1)
+        return votes, [(image_id, flip) for _, _, image_id, flip in listed], mirrored
 
-    def _verify(self, order: list[int], mirrored: bool, features: Features, mirror: Features | None,
+    def _verify(self, tries: list[tuple[int, bool]], features: Features, mirror: Features | None,
                 lab: np.ndarray) -> list[Verification]:
-        """Verify the candidates in the photo's orientation; results map reference to photo pixels."""
-        if not mirrored or mirror is None:
-            return verify(features, lab, [(i, self.store.entry(i)) for i in order], config=self.config.verify)
-        flip = np.array([[-1.0, 0.0, lab.shape[1] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-        found = []
-        for v in verify(mirror, np.ascontiguousarray(lab[:, ::-1]), [(i, self.store.entry(i)) for i in order],
-                        config=self.config.verify):
-            if v.aligned:
-                polygon = (v.polygon * [-1.0, 1.0] + [lab.shape[1] - 1.0, 0.0]).astype(np.float32)
-                v = replace(v, homography=flip @ v.homography, polygon=polygon)
-            found.append(v)
-        return found
+        """Verify each (image, mirrored) pair, in order; results map reference to photo pixels."""
+        if mirror is None:
+            tries = [(image_id, False) for image_id, _ in tries]
+        found: dict[tuple[int, bool], Verification] = {}
+        as_taken = [image_id for image_id, flip in tries if not flip]
+        for v in verify(features, lab, [(i, self.store.entry(i)) for i in as_taken], config=self.config.verify):
+            found[v.image_id, False] = v
+        flipped = [image_id for image_id, flip in tries if flip]
+        if flipped:
+            flip = np.array([[-1.0, 0.0, lab.shape[1] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+            for v in verify(mirror, np.ascontiguousarray(lab[:, ::-1]), [(i, self.store.entry(i)) for i in flipped],
+                            config=self.config.verify):
+                if v.aligned:
+                    polygon = (v.polygon * [-1.0, 1.0] + [lab.shape[1] - 1.0, 0.0]).astype(np.float32)
+                    v = replace(v, homography=flip @ v.homography, polygon=polygon)
+                found[v.image_id, True] = v
+        return [found[pair] for pair in tries]
 
     def _with_colourways(self, checked: list[Verification], lab: np.ndarray, excluded: frozenset[int] = frozenset()
                          ) -> list[Verification]:
@@ -405,16 +390,15 @@ def _extend(order: list[int], more: Sequence[int], limit: int) -> list[int]:
     return added
 
 
-def _stronger(first: list[Verification], second: list[Verification]) -> list[Verification]:
-    """``first`` with each image's stronger verification of the two (aligned, then more distinct inliers),
-    and then the images only ``second`` has."""
-    by_image = {v.image_id: v for v in second}
-    merged = []
-    for v in first:
-        other = by_image.pop(v.image_id, None)
-        merged.append(v if other is None or (v.aligned, v.distinct_inliers) >= (other.aligned, other.distinct_inliers)
-                      else other)
-    return merged + list(by_image.values())
+def _strongest_each(verifications: list[Verification]) -> list[Verification]:
+    """Each image once, where it first appears, with its strongest verification (aligned, then more distinct
+    inliers): an image may have been tried in both orientations."""
+    best: dict[int, Verification] = {}
+    for v in verifications:
+        other = best.get(v.image_id)
+        if other is None or (v.aligned, v.distinct_inliers) > (other.aligned, other.distinct_inliers):
+            best[v.image_id] = v
+    return list(best.values())
 
 
 def _matches_by_image(found: Ballot) -> dict[int, tuple[np.ndarray, np.ndarray]]:

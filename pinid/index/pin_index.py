@@ -296,8 +296,8 @@ class PinIndex:
                 and local-feature candidates are merged, the first ``candidates`` are verified
                 geometrically and by colour, and each answer gets a calibrated confidence.
                 ``False`` ranks by CLIP similarity alone.
-            candidates: reference images verified per photo (default: the index's
-                ``LocalConfig.candidates.max_candidates``, 50); also the depth of the CLIP top list.
+            candidates: (reference image, orientation) pairs verified per photo (default: the index's
+                ``LocalConfig.candidates.max_tries``, 70); also the depth of the CLIP top list.
             on_progress: ``(stage, done, total)`` with stage "identifying", once per photo answered.
 
         Returns:
@@ -308,7 +308,7 @@ class PinIndex:
             LocalOnlyError: ``verify=False`` on an index without CLIP vectors.
         """
         state = self._state  # one generation for the whole call, whatever reload() does meanwhile
-        candidates = state.recogniser.config.candidates.max_candidates if candidates is None else candidates
+        candidates = state.recogniser.config.candidates.max_tries if candidates is None else candidates
         _check_positive(k=k, candidates=candidates, batch_size=batch_size)
         if not verify:
             return self._identify_by_clip(state, images, k, batch_size, on_progress)
@@ -351,7 +351,7 @@ class PinIndex:
         """
         photo = load_image(image)
         state = self._state
-        limit = state.recogniser.config.candidates.max_candidates if candidates is None else candidates
+        limit = state.recogniser.config.candidates.max_tries if candidates is None else candidates
         excluded = state.table.image_ids_of(exclude_pins)
         clip = self._clip_candidates(state, [photo], limit + len(excluded))[0]
         return state.recogniser.candidates(photo, clip, limit=limit, exclude=excluded)

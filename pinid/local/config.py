@@ -5,7 +5,8 @@ uses them (``FeatureConfig``, ``VoteConfig``, ``VerifyConfig``,
 ``CandidateConfig``); an index writes them whole into its manifest, so it keeps
 answering the same way after pinid's defaults change. A manifest is input:
 unknown names, wrong types and out-of-range values are ``IndexFormatError``,
-while missing names take today's defaults (older manifests keep working).
+while missing names take today's defaults and retired ones are dropped
+(older manifests keep working).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import reprlib
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import IndexFormatError
 
@@ -24,8 +25,11 @@ class Config:
     """Mixin for a frozen dataclass of numbers (and tuples of numbers): ``to_dict`` and ``from_dict``.
 
     Subclasses check their values in ``__post_init__`` (``ValueError``); the
-    type of each field is that of its default.
+    type of each field is that of its default. Names in ``RETIRED`` were
+    settings once: older manifests still carry them, so they are read and dropped.
     """
+
+    RETIRED: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by name; tuples become lists (plain JSON)."""
@@ -39,6 +43,7 @@ class Config:
         if not isinstance(data, dict):
             raise IndexFormatError(f"{where} is not a JSON object")
         fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        data = {name: value for name, value in data.items() if name not in cls.RETIRED}
         unknown = [name for name in data if name not in fields]
         if unknown:
             raise IndexFormatError(f"{where}: unknown setting(s) {unknown_names(unknown)} (made by another pinid?)")

@@ -16,7 +16,7 @@ from pinid.identify.recogniser import CandidateConfig, LocalConfig, Recogniser
 from pinid.local.features import FeatureConfig, reference_entry
 from pinid.local.store import LocalStore, Segment, write_local_store
 from pinid.local.verify import VerifyConfig
-from pinid.local.vote import VoteConfig, build_vocabulary
+from pinid.local.vote import Ballot, VoteConfig, build_vocabulary
 from tests.support import PERSPECTIVE, background, pin, place, recolour
 
 # image id -> (pin id, design, reference shot); pin-002-teal is a colourway of pin-002
@@ -52,7 +52,7 @@ def test_local_config_round_trips_through_json() -> None:
     assert set(default.to_dict()) == {"features", "vote", "verify", "candidates"}
     tuned = LocalConfig(features=FeatureConfig(max_reference_features=500, tilt_directions_deg=(0, 90)),
                         vote=VoteConfig(neighbours_per_descriptor=32), verify=VerifyConfig(min_inliers=6),
-                        candidates=CandidateConfig(max_candidates=20, same_pin_overlap_above=0.5))
+                        candidates=CandidateConfig(max_tries=20, same_pin_overlap_above=0.5))
     assert LocalConfig.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned
     # an older manifest: missing sections and settings take today's defaults
     assert LocalConfig.from_dict({}) == default
@@ -63,7 +63,7 @@ def test_local_config_round_trips_through_json() -> None:
 @pytest.mark.parametrize("data, message", [
     ({"colour": {}}, "unknown section"),
     ({"candidates": {"max_candidate": 3}}, "candidates: unknown setting"),
-    ({"candidates": {"max_candidates": 0}}, "at least 1"),
+    ({"candidates": {"max_tries": 0}}, "at least 1"),
     ({"features": {"query_long_side_px": "1024"}}, "features.query_long_side_px"),
     ({"vote": []}, "vote is not a JSON object"),
     ("features", "not a JSON object"),
@@ -84,13 +84,18 @@ def test_default_recogniser_identifies_a_photo(parts) -> None:
     assert answer.matches[0].pin_id == "pin-005" and not answer.unknown
 
 
-def test_candidate_limit_bounds_the_candidates_verified(parts) -> None:
+def test_candidate_limit_bounds_the_tries_verified(parts, monkeypatch) -> None:
     photo = photo_of(pin(5))
     everything, _ = recogniser(parts).candidates(photo)
-    assert len(everything) == len(SHOTS)  # 50 by default: every reference image is verified
-    few, _ = recogniser(parts, LocalConfig(candidates=CandidateConfig(max_candidates=2))).candidates(photo)
-    assert len(few) == 2 and few[0].design == "d5"
-    assert len(recogniser(parts).candidates(photo, limit=3)[0]) == 3  # an explicit limit still wins
+    assert len(everything) == len(SHOTS)  # 70 tries by default: every reference image is verified
+    few = recogniser(parts, LocalConfig(candidates=CandidateConfig(max_tries=2, glance_candidates=0)))
+    tries: list[tuple[int, bool]] = []
+    real = few._verify
+    monkeypatch.setattr(few, "_verify", lambda pairs, *rest: tries.extend(pairs) or real(pairs, *rest))
+    ranked, _ = few.candidates(photo)
+    # two tries (an image and an orientation each); an image both votes name may take both
+    assert len(tries) == 2 and ranked[0].design == "d5" and {c.image_id for c in ranked} == {i for i, _ in tries}
+    assert len(recogniser(parts).candidates(photo, limit=1)[0]) == 1  # an explicit limit still wins
 
 
 def test_colourway_sources_setting_controls_borrowed_alignments(parts) -> None:
@@ -191,12 +196,12 @@ def test_screening_orders_candidates_by_the_cheap_check(parts) -> None:
 
 
 def test_a_mirrored_photo_the_cheap_check_missed_is_found_by_its_mirror_images_vote(parts) -> None:
-    """Most photos leave the cheap check unsure of the orientation: the mirror's best are verified mirrored too."""
+    """Most photos leave the cheap check unsure of the orientation: both votes' best are verified anyway."""
     from PIL import ImageOps
 
     photo = photo_of(pin(5))
     mirrored = ImageOps.mirror(photo)
-    blind = CandidateConfig(screen_min_inliers=1000)  # the cheap check never calls either orientation
+    blind = CandidateConfig(screen_min_inliers=1000)  # the cheap check never finds anything
 
     def found(config: CandidateConfig, image: Image.Image = mirrored) -> bool:
         ranked, _ = recogniser(parts, LocalConfig(candidates=config)).candidates(image)
@@ -204,46 +209,81 @@ def test_a_mirrored_photo_the_cheap_check_missed_is_found_by_its_mirror_images_v
             and ranked[0].verification.distinct_inliers >= 6
 
     assert found(blind) and found(blind, photo)
-    assert not found(dataclasses.replace(blind, unclear_mirror_min_inliers=1000))  # the extra try's own bar
-    # with the photo's own vote only, the mirrored photo's pin is lost, unless the fallback looks again
-    alone = dataclasses.replace(blind, unclear_mirror_candidates=0)
-    assert not found(alone) and found(alone, photo)
-    assert found(dataclasses.replace(alone, mirror_fallback_candidates=25))
-    with pytest.raises(ValueError, match="unclear_mirror_candidates"):
-        CandidateConfig(unclear_mirror_candidates=-1)
+    assert found(CandidateConfig()) and found(CandidateConfig(), photo)
 
 
-def test_an_unclear_photo_verifies_the_mirrors_best_once_each_and_no_more(parts, monkeypatch) -> None:
-    rec = recogniser(parts, LocalConfig(candidates=CandidateConfig(screen_min_inliers=1000,
-                                                                   unclear_mirror_candidates=2)))
+def _fake_ballot(images: dict[int, float]) -> Ballot:
+    nothing = np.zeros(0, np.int64)
+    order = sorted(images, key=lambda image_id: -images[image_id])
+    return Ballot(np.array(order, np.int64), np.array([images[i] for i in order], np.float32), nothing, nothing,
+                  nothing)
+
+
+def test_both_votes_make_one_list_of_tries_each_image_in_the_orientation_that_voted(parts, monkeypatch) -> None:
+    import pinid.identify.recogniser as module
+
+    rec = recogniser(parts)
     own, other = {0: 3.0, 1: 2.0}, {3: 4.0, 1: 5.0, 2: 1.0}
-    monkeypatch.setattr(rec, "_screen", lambda *args: (own, False, other, True))
-    calls: list[tuple[list[int], bool]] = []
-    real = rec._verify
-    monkeypatch.setattr(rec, "_verify", lambda order, mirrored, *rest: calls.append((list(order), mirrored))
-                        or real(order, mirrored, *rest))
-    ranked, _ = rec.candidates(photo_of(pin(5)), limit=2)
-    assert calls == [([0, 1], False), ([3, 1], True)]  # the mirror's first two, the rest of its vote not
-    votes = {c.image_id: c.votes for c in ranked}
-    assert votes[1] == 5.0  # an image both votes found keeps its larger vote
-    assert 3 not in votes  # a mirrored try that found too few inliers adds nothing (the photo is not mirrored)
-    calls.clear()
-    monkeypatch.setattr(rec, "_screen", lambda *args: (own, False, other, False))  # the cheap check was sure
-    rec.candidates(photo_of(pin(5)), limit=2)
-    assert calls == [([0, 1], False)]
+    ballots = [_fake_ballot(own), _fake_ballot(other)]  # the photo's vote, then its mirror image's
+    monkeypatch.setattr(module, "ballot", lambda *args, **kwargs: ballots.pop(0))
+    features, mirror = module.query_feature_pair(photo_of(pin(5)))
+    votes, tries, mirrored = rec._screen(features, mirror, frozenset({2}))
+    assert votes == {0: 3.0, 1: 5.0, 3: 4.0}  # 2 excluded; 1 at the larger of its two votes
+    assert tries == [(1, True), (3, True), (0, False), (1, False)]  # by votes, whichever orientation gave them
+    assert not mirrored  # no cheap-check evidence: what no vote brought is tried as taken
+    # the mirrored photo's votes are the photo's swapped: the same list, each try the other way round
+    ballots[:] = [_fake_ballot(other), _fake_ballot(own)]
+    swapped_votes, swapped_tries, _ = rec._screen(features, mirror, frozenset({2}))
+    assert swapped_votes == votes and swapped_tries == [(image_id, not flip) for image_id, flip in tries]
+    # the cheap check finds image 3 in the mirror image (8 inliers, none as taken): it goes first, and the photo
+    # is clearly mirrored (what no vote brought is tried mirrored)
+    ballots[:] = [_fake_ballot(own), _fake_ballot(other)]
+    inliers = [0, 0, 0, 8]  # own 0, own 1, then the mirror's 1 and 3, in vote order (2 is excluded)
+    monkeypatch.setattr(module, "quick_inliers", lambda *args, **kwargs: inliers.pop(0))
+    votes, tries, mirrored = rec._screen(features, mirror, frozenset({2}))
+    assert tries == [(3, True), (1, True), (0, False), (1, False)] and mirrored
+
+
+def test_each_try_is_verified_in_its_own_orientation(parts, monkeypatch) -> None:
+    from PIL import ImageOps
+
+    rec = recogniser(parts, LocalConfig(candidates=CandidateConfig(glance_candidates=0)))
+    mirrored = ImageOps.mirror(photo_of(pin(5)))
+
+    def tried(tries: list[tuple[int, bool]]) -> dict[int, object]:
+        monkeypatch.setattr(rec, "_screen", lambda *args: ({0: 3.0, 3: 2.0, 1: 1.0}, tries, False))
+        return {c.image_id: c for c in rec.candidates(mirrored, limit=len(tries))[0]}
+
+    found = tried([(0, False), (3, True), (1, False)])
+    assert found[3].aligned and found[3].verification.distinct_inliers >= 6  # verified mirrored: aligns
+    as_taken = tried([(0, False), (3, False), (1, False)])[3].verification
+    # as taken only chance agrees (this pin is nearly symmetric: a few inliers)
+    assert as_taken.distinct_inliers < found[3].verification.distinct_inliers / 2
+    both = tried([(3, False), (0, False), (3, True)])  # tried both ways: the stronger counts, once
+    assert both[3].aligned and list(both).count(3) == 1
+
+
+def test_retired_candidate_settings_of_older_indexes_are_read_and_dropped() -> None:
+    old = {"unclear_mirror_candidates": 15, "unclear_mirror_min_inliers": 5, "mirror_fallback_candidates": 0,
+           "max_candidates": 40, "screen_min_inliers": 7}
+    config = CandidateConfig.from_dict(old)
+    assert config.screen_min_inliers == 7 and config.max_tries == CandidateConfig().max_tries
+    assert not {"unclear_mirror_candidates", "max_candidates"} & set(config.to_dict())
+    with pytest.raises(IndexFormatError, match="unknown setting"):
+        CandidateConfig.from_dict({"unclear_mirror_candidatez": 15})
 
 
 def test_the_glance_brings_in_a_pin_the_vote_gave_nothing(parts, monkeypatch) -> None:
     plain_table = np.full((540, 720, 3), (92, 78, 64), np.uint8)
     photo = Image.fromarray(place(plain_table, pin(5), PERSPECTIVE))
     silent = recogniser(parts)
-    monkeypatch.setattr(silent, "_screen", lambda *args: ({}, False, {}, False))  # no reference image got a vote
+    monkeypatch.setattr(silent, "_screen", lambda *args: ({}, [], False))  # no reference image got a vote
     ranked, _ = silent.candidates(photo, limit=5)
     # a fifth of 5 candidates: the one nearest glance, and it is verified like any other
     assert [c.image_id for c in ranked] == [3] and ranked[0].aligned and ranked[0].votes == 0.0
     assert silent.candidates(photo, limit=4)[0] == []  # a fifth of 4 is none
     off = recogniser(parts, LocalConfig(candidates=CandidateConfig(glance_candidates=0)))
-    monkeypatch.setattr(off, "_screen", lambda *args: ({}, False, {}, False))
+    monkeypatch.setattr(off, "_screen", lambda *args: ({}, [], False))
     assert off.candidates(photo, limit=5)[0] == []
     assert [c.image_id for c in silent.candidates(photo, limit=5, exclude=[3])[0]] != [3]
     with pytest.raises(ValueError, match="glance_candidates"):
@@ -253,15 +293,16 @@ def test_the_glance_brings_in_a_pin_the_vote_gave_nothing(parts, monkeypatch) ->
 def test_glance_candidates_go_in_after_the_votes_first_four_fifths(parts, monkeypatch) -> None:
     voting = recogniser(parts)
     votes = {0: 9.0, 1: 8.0, 2: 7.0, 4: 6.0, 3: 5.0}
-    monkeypatch.setattr(voting, "_screen", lambda *args: (votes, False, {}, False))
+    monkeypatch.setattr(voting, "_screen", lambda *args: (votes, [(image_id, False) for image_id in votes], False))
     monkeypatch.setattr(voting, "_glance", lambda rgb, count, excluded: [3, 0][:count])
     verified = []
     monkeypatch.setattr(voting, "_verify", lambda order, *args: verified.append(list(order)) or [])
     voting.candidates(photo_of(pin(5)), limit=5)
-    assert verified == [[0, 1, 2, 4, 3]]  # four from the vote, then the glance's first
+    as_taken = [(image_id, False) for image_id in (0, 1, 2, 4, 3)]
+    assert verified == [as_taken + [(3, True)]]  # four from the vote, then the glance's first, both ways round
     verified.clear()
     voting.candidates(photo_of(pin(5)), limit=10)
-    assert verified == [[0, 1, 2, 4, 3]]  # the glance's finds already voted for: nothing twice
+    assert verified == [as_taken + [(3, True), (0, True)]]  # what the vote brought already: only the other way
 
 
 def test_what_the_glance_finds_in_a_mirrored_photo_aligns_mirrored(parts, monkeypatch) -> None:
@@ -270,11 +311,11 @@ def test_what_the_glance_finds_in_a_mirrored_photo_aligns_mirrored(parts, monkey
     plain_table = np.full((540, 720, 3), (92, 78, 64), np.uint8)
     mirrored = ImageOps.mirror(Image.fromarray(place(plain_table, pin(5), PERSPECTIVE)))
     both = recogniser(parts)
-    monkeypatch.setattr(both, "_screen", lambda *args: ({}, False, {}, False))  # no votes, so not known to be mirrored
+    monkeypatch.setattr(both, "_screen", lambda *args: ({}, [], False))  # no votes, so not known to be mirrored
     ranked, _ = both.candidates(mirrored, limit=5)
     assert [c.image_id for c in ranked] == [3] and ranked[0].aligned and ranked[0].verification.distinct_inliers >= 6
     as_taken = recogniser(parts, LocalConfig(candidates=CandidateConfig(glance_mirrored_candidates=0)))
-    monkeypatch.setattr(as_taken, "_screen", lambda *args: ({}, False, {}, False))
+    monkeypatch.setattr(as_taken, "_screen", lambda *args: ({}, [], False))
     ranked, _ = as_taken.candidates(mirrored, limit=5)
     assert [c.image_id for c in ranked] == [3] and not ranked[0].aligned
 
