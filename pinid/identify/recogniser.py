@@ -50,6 +50,10 @@ class CandidateConfig(Config):
     # pinid.local.glance) before the rest of the vote; it finds plain pins that give the vote nothing
     glance_candidates: int = 10
     glance_mirrored_candidates: int = 10  # of the glance's finds, tried both ways round (on top of max_tries)
+    # a single-pin photo whose first first_tries tries hold an alignment with sure_inliers distinct inliers or more
+    # is not verified further (0: always every try)
+    first_tries: int = 20
+    sure_inliers: int = 20
 
     # settings of older indexes: the unclear-orientation step and the mirror fallback, which one list of both votes
     # (``_screen``) replaced, and the count of images verified (each once), which ``max_tries`` replaced
@@ -60,9 +64,9 @@ class CandidateConfig(Config):
         check(self.max_tries >= 1 and self.max_board_candidates >= 1, "max_tries and max_board_candidates must be at least 1")
         check(self.max_colourway_sources >= 0, "max_colourway_sources must be at least 0")
         check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.glance_candidates >= 0
-              and self.glance_mirrored_candidates >= 0,
-              "screened_candidates, screen_min_inliers, glance_candidates and glance_mirrored_candidates must be at "
-              "least 0")
+              and self.glance_mirrored_candidates >= 0 and self.first_tries >= 0 and self.sure_inliers >= 0,
+              "screened_candidates, screen_min_inliers, glance_candidates, glance_mirrored_candidates, first_tries "
+              "and sure_inliers must be at least 0")
         check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
 
 
@@ -177,7 +181,12 @@ class Recogniser:
                 tries.append(pair)
         _extend(tries, glance_tries, limit + len(glance_tries) - len(glance))
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
-        checked = self._verify(tries, features, mirror, lab)
+        # the cascade's last step: when one of the first tries aligns beyond doubt, the rest cannot change the answer
+        first = tries[:config.candidates.first_tries] if config.candidates.sure_inliers and not board else tries
+        checked = self._verify(first, features, mirror, lab)
+        if len(first) < len(tries) and not any(v.aligned and v.distinct_inliers >= config.candidates.sure_inliers
+                                               for v in checked):
+            checked += self._verify(tries[len(first):], features, mirror, lab)
         checked = _strongest_each(checked)
         order = [v.image_id for v in checked]
         checked = self._with_colourways(checked, lab, excluded)

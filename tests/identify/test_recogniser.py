@@ -263,6 +263,24 @@ def test_each_try_is_verified_in_its_own_orientation(parts, monkeypatch) -> None
     assert both[3].aligned and list(both).count(3) == 1
 
 
+def test_verification_stops_after_the_first_tries_when_one_aligns_beyond_doubt(parts, monkeypatch) -> None:
+    def tries_verified(config: CandidateConfig, board: bool = False) -> list[int]:
+        rec = recogniser(parts, LocalConfig(candidates=config))
+        sizes: list[int] = []
+        real = rec._verify
+        monkeypatch.setattr(rec, "_verify", lambda pairs, *rest: sizes.append(len(pairs)) or real(pairs, *rest))
+        ranked, _ = rec.candidates(photo_of(pin(5)), board=board)
+        assert ranked[0].image_id == 3 and ranked[0].verification.distinct_inliers >= 6
+        return sizes
+
+    assert tries_verified(CandidateConfig(first_tries=1, sure_inliers=6)) == [1]  # pin 5 came first and aligned
+    everything = tries_verified(CandidateConfig(first_tries=1, sure_inliers=1000))  # not sure: the rest too
+    assert everything[0] == 1 and sum(everything) > 1
+    assert tries_verified(CandidateConfig(first_tries=1, sure_inliers=0)) == [sum(everything)]  # 0: never stops
+    board = tries_verified(CandidateConfig(first_tries=1, sure_inliers=6), board=True)
+    assert len(board) == 1 and board[0] > 1  # a board is verified all at once: one pin found says nothing of the rest
+
+
 def test_retired_candidate_settings_of_older_indexes_are_read_and_dropped() -> None:
     old = {"unclear_mirror_candidates": 15, "unclear_mirror_min_inliers": 5, "mirror_fallback_candidates": 0,
            "max_candidates": 40, "screen_min_inliers": 7}
