@@ -16,7 +16,7 @@ manifest and hands back to its ``Recogniser``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -33,10 +33,12 @@ from ..results import Found, Identification, Match
 from .confidence import Calibration, candidate_features, sigmoid
 from .pin_table import PinTable
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class CandidateConfig(Config):
-    """How many reference images are verified per photo, and when two found pins are one."""
+    """How many (reference image, orientation) tries are verified per photo, and when two found pins are one."""
 
     # (image, orientation) pairs verified per single-pin photo, from CLIP, the glance and both votes (photo and
     # mirror image) in one list: 70 found as many true pins on 300 full-benchmark photos as 50 images of one vote did
@@ -62,7 +64,8 @@ class CandidateConfig(Config):
                          "max_candidates"})
 
     def __post_init__(self) -> None:
-        check(self.max_tries >= 1 and self.max_board_candidates >= 1, "max_tries and max_board_candidates must be at least 1")
+        check(self.max_tries >= 1 and self.max_board_candidates >= 1,
+              "max_tries and max_board_candidates must be at least 1")
         check(self.max_colourway_sources >= 0, "max_colourway_sources must be at least 0")
         check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.glance_candidates >= 0
               and self.glance_mirrored_candidates >= 0 and self.first_tries >= 0 and self.sure_inliers >= 0,
@@ -393,9 +396,9 @@ class Recogniser:
                 for candidate, confidence, polygon in accepted]
 
 
-def _extend(order: list[int], more: Sequence[int], limit: int) -> list[int]:
+def _extend(order: list[T], more: Sequence[T], limit: int) -> list[T]:
     """Append to ``order`` those of ``more`` it lacks, up to ``limit`` in all; return what was appended."""
-    added = [image_id for image_id in more if image_id not in order][:max(0, limit - len(order))]
+    added = [item for item in more if item not in order][:max(0, limit - len(order))]
     order += added
     return added
 
