@@ -222,11 +222,12 @@ def test_photo_of_a_catalogue_pin_is_identified_with_confidence(local_index: Pin
 def test_recoloured_variant_is_told_apart(local_index: PinIndex) -> None:
     for reference, expected in ((recolour(pin(2), 150), "pin-002-teal"), (pin(2), "pin-002")):
         photo = Image.fromarray(place(background(seed=7), reference, PERSPECTIVE))
-        matches = local_index.identify(photo, k=2).matches
+        matches = local_index.identify(photo, k=3).matches
         assert matches[0].pin_id == expected
-        # both colourways align; colour decides
-        assert {m.pin_id for m in matches} == {"pin-002", "pin-002-teal"}
-        assert matches[0].colour_distance + 10 < matches[1].colour_distance
+        # both colourways align; colour decides (a weak chance alignment of another pin, tried mirrored, may rank
+        # between them: the sibling's colour is far off)
+        sibling = next(m for m in matches[1:] if m.pin_id in {"pin-002", "pin-002-teal"})
+        assert sibling.colour_distance is not None and matches[0].colour_distance + 10 < sibling.colour_distance
 
 
 def test_colourway_that_fails_geometry_on_its_own_is_still_compared_by_colour(local_index: PinIndex) -> None:
