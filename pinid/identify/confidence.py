@@ -7,10 +7,13 @@ on simulated photos of its catalogue or on your labelled ones):
 * **ranking** scores every verified candidate from all the evidence there is:
   whether it aligned, and if so its geometry and colour (distinct inliers,
   inlier ratio, colour distance); CLIP's cosine and its margin over the best
-  candidate of another design; and the candidate's share of the local-feature
-  vote. An unaligned candidate is therefore ranked by its CLIP and vote
-  evidence, and a CLIP answer with a clear margin can win without alignment,
-  as far as the fitted weights say CLIP is worth it on this index;
+  candidate of another design; the candidate's share of the local-feature
+  vote; and how like the photo's pin it looks as a whole (the glance's colours
+  and silhouette, :mod:`pinid.local.glance`), which tells a weak true alignment
+  from a chance one of a pin that looks nothing like the photo. An unaligned
+  candidate is therefore ranked by its CLIP, vote and glance evidence, and a
+  CLIP answer with a clear margin can win without alignment, as far as the
+  fitted weights say CLIP is worth it on this index;
 * **confidence** turns the best candidate's ranking score and its lead over
   the runner-up *of another design* into the probability that the answer is
   right. A colourway sibling does not count as a rival for the lead: it shares
@@ -34,14 +37,16 @@ import numpy as np
 
 from ..errors import IndexFormatError, InputError
 
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
 RANKING_FEATURES = ("aligned", "log_distinct_inliers", "inlier_ratio", "colour_distance", "clip_cosine",
-                    "clip_margin", "vote_share")
+                    "clip_margin", "vote_share", "glance")
 CONFIDENCE_FEATURES = ("top_score", "lead")
 _COLOUR_CAP = 60.0  # Lab units: a colour this far off says no more than any farther one
+_GLANCE_CAP = 5.0  # catalogue spreads: a glance this far from the catalogue's mean says no more than a farther one
 MIN_EACH_CLASS = 5  # candidates needed of true and of false pins to fit the ranking
 _V1_FEATURES = ("log_distinct_inliers", "inlier_ratio", "colour_distance", "clip_score")
 _V1_UNALIGNED = -12.0  # version 1 gave every unaligned candidate this score
+_V2_FEATURES = RANKING_FEATURES[:7]  # version 2 had no glance
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class Calibration:
         try:
             if data["version"] == 1:  # indexes built before evidence fusion keep answering as they did
                 data = _from_version_1(data)
+            if data["version"] == 2:  # ... and those built before the glance counted (weight 0)
+                data = _from_version_2(data)
             elif data["version"] != CALIBRATION_VERSION:
                 raise ValueError(f"version {data['version']}")
             ranking = tuple(float(v) for v in data["ranking"])
@@ -123,8 +130,17 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     if list(data.get("ranking_features", _V1_FEATURES)) != list(_V1_FEATURES) or len(old) != 5:
         raise ValueError("version 1 with unexpected ranking features")
     bias, inliers, ratio, colour, clip = old
-    return {**data, "version": CALIBRATION_VERSION, "ranking_features": list(RANKING_FEATURES),
+    return {**data, "version": 2, "ranking_features": list(_V2_FEATURES),
             "ranking": [_V1_UNALIGNED, bias - _V1_UNALIGNED, inliers, ratio, colour, clip, 0.0, 0.0]}
+
+
+def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-2 calibration in today's features, answering as it did: the glance gets weight 0."""
+    ranking = list(data["ranking"])
+    if list(data.get("ranking_features", _V2_FEATURES)) != list(_V2_FEATURES) or len(ranking) != len(_V2_FEATURES) + 1:
+        raise ValueError("version 2 with unexpected ranking features")
+    return {**data, "version": CALIBRATION_VERSION, "ranking_features": list(RANKING_FEATURES),
+            "ranking": ranking + [0.0]}
 
 
 def sigmoid(log_odds: float) -> float:
@@ -196,7 +212,8 @@ def candidate_features(candidates: Sequence[Any]) -> np.ndarray:
     """The ranking model's inputs for one photo's verified candidates (one row each, RANKING_FEATURES).
 
     Candidates are ``pinid.identify.recogniser.Candidate`` objects (or anything
-    with ``verification``, ``aligned``, ``clip_score``, ``votes`` and ``design``).
+    with ``verification``, ``aligned``, ``clip_score``, ``votes``, ``design`` and
+    optionally ``glance``, 0 when absent).
     Geometry and colour count only where a candidate aligned. A candidate
     outside the photo's CLIP top list gets the lowest cosine of the list (it
     ranked below it); an index without CLIP gives cosine and margin 0. The
@@ -233,6 +250,8 @@ def candidate_features(candidates: Sequence[Any]) -> np.ndarray:
     votes = np.array([float(getattr(c, "votes", 0.0) or 0.0) for c in candidates])
     if votes.max() > 0:
         features[:, 6] = votes / votes.max()
+    glance = np.array([float(getattr(c, "glance", 0.0) or 0.0) for c in candidates])
+    features[:, 7] = np.clip(np.nan_to_num(glance), -_GLANCE_CAP, _GLANCE_CAP)
     return features
 
 

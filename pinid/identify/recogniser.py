@@ -120,6 +120,9 @@ class Candidate:
     votes: float
     verification: Verification
     rank_score: float
+    # how like the photo's pin this image looks as a whole (``GlanceIndex.similarities``); 0: no glance (boards,
+    # or no pin stood out in the photo)
+    glance: float = 0.0
 
     @property
     def aligned(self) -> bool:
@@ -167,9 +170,10 @@ class Recogniser:
         clip_scores = dict(clip)
         # what to verify: (image, mirrored) pairs; an image no vote brought is tried in the likelier orientation
         tries: list[tuple[int, bool]] = []
-        # the glance fills at most a fifth of the list: the vote and CLIP are the stronger sources
-        glance = [] if board else self._glance(np.asarray(work), min(config.candidates.glance_candidates,
-                                                                     limit // 5), excluded)
+        # the whole pin's glance: how like the photo each reference looks (evidence for the ranking), and its
+        # best finds as candidates, at most a fifth of the list: the vote and CLIP are the stronger sources
+        similar = None if board else self._glances().similarities(np.asarray(work))
+        glance = self._glance(similar, min(config.candidates.glance_candidates, limit // 5), excluded)
         # the glance cannot tell a mirrored photo (colours and outline are the same): its first finds are tried
         # both ways round, so that neither orientation is favoured
         both_ways = config.candidates.glance_mirrored_candidates if mirror is not None else 0
@@ -195,8 +199,10 @@ class Recogniser:
         order = [v.image_id for v in checked]
         checked = self._with_colourways(checked, lab, excluded)
         order += [v.image_id for v in checked[len(order):]]
+        rows = {} if similar is None else self._glances().rows
         found = [Candidate(v.image_id, self.image_pin_rows[v.image_id], self.designs[self.image_pin_rows[v.image_id]],
-                           clip_scores.get(v.image_id, float("nan")), votes.get(v.image_id, 0.0), v, 0.0)
+                           clip_scores.get(v.image_id, float("nan")), votes.get(v.image_id, 0.0), v, 0.0,
+                           float(similar[rows[v.image_id]]) if v.image_id in rows else 0.0)
                  for v in checked]
         scores = self.calibration.rank_score(candidate_features(found))
         result = [replace(candidate, rank_score=float(score)) for candidate, score in zip(found, scores)]
@@ -222,12 +228,12 @@ class Recogniser:
                                              np.concatenate(shapes) if ids else np.zeros((0, SHAPE_DIMS)))
         return self._glance_index
 
-    def _glance(self, rgb: np.ndarray, count: int, excluded: frozenset[int]) -> list[int]:
+    def _glance(self, similar: np.ndarray | None, count: int, excluded: frozenset[int]) -> list[int]:
         """The ``count`` reference images (not excluded) that look most like the photo's salient region as a
-        whole (made on first use unless ``prepare`` made them)."""
-        if count <= 0:
+        whole (``similar``: ``GlanceIndex.similarities``, None when no pin stood out)."""
+        if similar is None or count <= 0:
             return []
-        found = self._glances().rank(rgb, count + len(excluded))
+        found = self._glances().best(similar, count + len(excluded))
         return [image_id for image_id in found if image_id not in excluded][:count]
 
     def _screen(self, features: Features, mirror: Features | None, excluded: frozenset[int]

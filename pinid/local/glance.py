@@ -197,24 +197,43 @@ class GlanceIndex:
         self.shape_scale = np.maximum(shapes.std(axis=0), _MIN_SHAPE_SPREAD) if len(shapes) else np.ones(SHAPE_DIMS)
         self.shapes = ((shapes - self.shape_mean) / self.shape_scale).astype(np.float32)
         self.shape_weight = shape_weight
+        self.rows = {int(image_id): row for row, image_id in enumerate(self.image_ids.tolist())}
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def rank(self, rgb: np.ndarray, count: int) -> list[int]:
-        """The ``count`` reference image ids whose glance is nearest the photo's, nearest first."""
-        if count <= 0 or not len(self):
-            return []
+    def similarities(self, rgb: np.ndarray) -> np.ndarray | None:
+        """How like the photo's pin each reference image looks, in spreads over the catalogue (z-scores, in
+        ``image_ids`` order), or None when no pin stands out in the photo.
+
+        Standardised over the catalogue, so that the number means the same in a
+        catalogue of 50 pins as in one of 5,000: the ranking model weighs it as
+        evidence (a weak alignment of a pin that looks nothing like the photo is
+        likely chance).
+        """
+        if not len(self):
+            return None
         seen = photo_descriptor(rgb)
         if seen is None:
-            return []
+            return None
         histogram, shape = seen
         colour = self.histograms @ histogram
         score = colour / (colour.std() + 1e-9)
         if self.shape_weight:
             closeness = -np.abs(self.shapes - (shape - self.shape_mean) / self.shape_scale)
             score = score + self.shape_weight * closeness.sum(axis=1)
-        count = min(count, len(score))
-        top = np.argpartition(-score, count - 1)[:count]
-        top = top[np.argsort(-score[top], kind="stable")]
+        return (score - score.mean()) / (score.std() + 1e-9)
+
+    def rank(self, rgb: np.ndarray, count: int) -> list[int]:
+        """The ``count`` reference image ids whose glance is nearest the photo's, nearest first."""
+        found = self.similarities(rgb) if count > 0 else None
+        return [] if found is None else self.best(found, count)
+
+    def best(self, similarities: np.ndarray, count: int) -> list[int]:
+        """The ``count`` reference image ids of highest ``similarities`` (as ``similarities`` gave them)."""
+        count = min(count, len(similarities))
+        if count <= 0:
+            return []
+        top = np.argpartition(-similarities, count - 1)[:count]
+        top = top[np.argsort(-similarities[top], kind="stable")]
         return self.image_ids[top].tolist()

@@ -7,20 +7,21 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pinid.errors import InputError
+from pinid.errors import IndexFormatError, InputError
 from pinid.identify.confidence import (RANKING_FEATURES, Calibration, LabelledPhoto, candidate_features,
                                       default_calibration, fit_calibration)
 
 
 def _candidate(rng: np.random.Generator, design: str, right: bool, aligned: bool = True,
-               cosine: float = float("nan"), votes: float = 0.0) -> SimpleNamespace:
+               cosine: float = float("nan"), votes: float = 0.0, **glance: float) -> SimpleNamespace:
     """A verified candidate: true pins have many inliers and a close colour, false ones few and far."""
     inliers = int(rng.integers(25, 90)) if right else int(rng.integers(4, 14))
     check = SimpleNamespace(distinct_inliers=inliers if aligned else 0,
                             inlier_ratio=rng.uniform(0.4, 0.8) if right else rng.uniform(0.05, 0.25),
                             colour_distance=rng.uniform(2, 10) if right else rng.uniform(15, 40),
                             aligned=aligned)
-    return SimpleNamespace(verification=check, aligned=aligned, clip_score=cosine, design=design, votes=votes)
+    return SimpleNamespace(verification=check, aligned=aligned, clip_score=cosine, design=design, votes=votes,
+                           **glance)
 
 
 def _photos(count: int = 40, seed: int = 0) -> list[LabelledPhoto]:
@@ -92,10 +93,10 @@ def test_without_clip_evidence_the_clip_weights_stay_zero() -> None:
 
 def test_candidate_features_use_geometry_only_where_aligned_and_clip_margins_by_design() -> None:
     rng = np.random.default_rng(3)
-    candidates = [_candidate(rng, "fox", True, cosine=0.9, votes=4.0),
-                  _candidate(rng, "fox", False, cosine=0.85, votes=2.0),   # a colourway of the leader
-                  _candidate(rng, "owl", False, aligned=False, cosine=0.7, votes=0.0),
-                  _candidate(rng, "cat", False, aligned=False, votes=1.0)]  # not in the CLIP top list
+    candidates = [_candidate(rng, "fox", True, cosine=0.9, votes=4.0, glance=2.5),
+                  _candidate(rng, "fox", False, cosine=0.85, votes=2.0, glance=9.0),   # a colourway of the leader
+                  _candidate(rng, "owl", False, aligned=False, cosine=0.7, votes=0.0, glance=-1.0),
+                  _candidate(rng, "cat", False, aligned=False, votes=1.0)]  # not in the CLIP top list, no glance
     features = candidate_features(candidates)
     column = {name: features[:, i] for i, name in enumerate(RANKING_FEATURES)}
     assert column["aligned"].tolist() == [1, 1, 0, 0]
@@ -105,6 +106,7 @@ def test_candidate_features_use_geometry_only_where_aligned_and_clip_margins_by_
     # margin over the best of ANOTHER design: the sibling does not count as a rival
     assert column["clip_margin"].tolist() == pytest.approx([0.2, 0.15, -0.2, -0.2])
     assert column["vote_share"].tolist() == pytest.approx([1.0, 0.5, 0.0, 0.25])
+    assert column["glance"].tolist() == pytest.approx([2.5, 5.0, -1.0, 0.0])  # capped at 5 spreads; none: 0
     no_clip = candidate_features([_candidate(rng, "fox", True), _candidate(rng, "owl", False)])
     assert not no_clip[:, 4:6].any()
     assert candidate_features([]).shape == (0, len(RANKING_FEATURES))
@@ -122,7 +124,43 @@ def test_version_1_calibrations_answer_as_before() -> None:
     check = aligned.verification
     old = -5.6 + 2.6 * np.log1p(check.distinct_inliers) + 6.4 * check.inlier_ratio - 0.84 * check.colour_distance / 10
     assert scores.tolist() == pytest.approx([old, -12.0])
-    assert calibration.to_dict()["version"] == 2 and Calibration.from_dict(calibration.to_dict()) == calibration
+    assert calibration.weights()["glance"] == 0.0
+    assert calibration.to_dict()["version"] == 3 and Calibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_version_2_calibrations_answer_as_before_the_glance_counted() -> None:
+    """Indexes calibrated before the glance was a ranking feature: every score as it was, whatever the glance."""
+    v2 = {"version": 2, "ranking_features": list(RANKING_FEATURES[:7]),
+          "ranking": [-6.8, 1.4, 2.2, 2.7, -1.1, 0.0, 0.0, 1.6], "confidence_features": ["top_score", "lead"],
+          "confidence": [-0.4, 0.8, 0.5], "unknown_below": 0.5, "fitted_on": "before the glance"}
+    calibration = Calibration.from_dict(v2)
+    rng = np.random.default_rng(1)
+    candidates = [_candidate(rng, "a", True, votes=2.0, glance=4.0), _candidate(rng, "b", False, votes=1.0, glance=-2.0)]
+    features = candidate_features(candidates)
+    before = -6.8 + features[:, :7] @ np.array([1.4, 2.2, 2.7, -1.1, 0.0, 0.0, 1.6])
+    assert calibration.rank_score(features).tolist() == pytest.approx(before.tolist())
+    assert calibration.weights()["glance"] == 0.0 and calibration.to_dict()["version"] == 3
+    with pytest.raises(IndexFormatError, match="version 2 with unexpected ranking features"):
+        Calibration.from_dict({**v2, "ranking": v2["ranking"][:-1]})
+
+
+def test_the_glance_is_learned_where_it_tells_a_true_weak_alignment_from_a_chance_one() -> None:
+    """Every photo's true pin and one rival align alike, weakly; only the glance differs: the fit must use it."""
+    rng = np.random.default_rng(2)
+    photos = []
+    for p in range(60):
+        weak = SimpleNamespace(distinct_inliers=4, inlier_ratio=0.2, colour_distance=20.0, aligned=True)
+        true = SimpleNamespace(verification=weak, aligned=True, clip_score=float("nan"), design="true", votes=1.0,
+                               glance=float(rng.uniform(1.5, 3.0)))
+        rival = SimpleNamespace(verification=weak, aligned=True, clip_score=float("nan"), design=f"other-{p}",
+                                votes=1.0, glance=float(rng.uniform(-1.0, 1.0)))
+        known = p % 3 != 0
+        candidates = [true, rival] if known else [rival]
+        photos.append(LabelledPhoto(candidates, [True, False] if known else [False]))
+    fitted = fit_calibration(photos, fitted_on="glance")
+    assert fitted.weights()["glance"] > 0
+    scores = fitted.rank_score(candidate_features(photos[1].candidates))
+    assert scores[0] > scores[1]
 
 
 def test_too_few_candidates_is_an_input_error() -> None:

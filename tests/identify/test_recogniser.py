@@ -124,7 +124,7 @@ def test_strict_verification_aligns_nothing(parts) -> None:
 def clip_trusting() -> Calibration:
     """What a calibration learns on an index whose CLIP is informative: a clear CLIP lead is worth a lot."""
     weights = {"aligned": 4.0, "log_distinct_inliers": 2.6, "inlier_ratio": 6.4, "colour_distance": -0.84,
-               "clip_cosine": 0.0, "clip_margin": 30.0, "vote_share": 0.5}
+               "clip_cosine": 0.0, "clip_margin": 30.0, "vote_share": 0.5, "glance": 0.0}
     return Calibration((-6.0, *(weights[name] for name in RANKING_FEATURES)), (-0.3, 0.8, 0.4), 0.5, "test")
 
 
@@ -347,3 +347,19 @@ def test_prepare_makes_the_glances_once_so_no_answer_waits_for_them(parts, monke
     rec.prepare()
     ranked, _ = rec.candidates(photo_of(pin(5)))
     assert made == [1] and ranked[0].image_id == 3
+
+
+def test_each_candidate_carries_how_like_the_photos_pin_it_looks_and_the_ranking_can_weigh_it(parts) -> None:
+    plain_table = np.full((540, 720, 3), (92, 78, 64), np.uint8)
+    photo = Image.fromarray(place(plain_table, pin(5), PERSPECTIVE))
+    rec = recogniser(parts)
+    ranked, _ = rec.candidates(photo, limit=25)
+    glance = {c.image_id: c.glance for c in ranked}
+    assert len(glance) == len(SHOTS) and max(glance, key=glance.__getitem__) == 3 and glance[3] > 1.0
+    # a calibration that weighs the glance alone orders the candidates by it
+    weights = {name: 0.0 for name in RANKING_FEATURES} | {"glance": 1.0}
+    rec.calibration = Calibration((0.0, *(weights[name] for name in RANKING_FEATURES)), (-0.3, 0.8, 0.4), 0.5, "t")
+    ranked, _ = rec.candidates(photo, limit=25)
+    assert [c.glance for c in ranked] == sorted(glance.values(), reverse=True)
+    # a board photo has no one pin to glance at: no candidate carries a glance
+    assert all(c.glance == 0.0 for c in rec.candidates(photo, board=True)[0])

@@ -97,6 +97,18 @@ def test_a_photo_with_nothing_standing_out_gives_no_candidates(glance) -> None:
     assert glance.rank(photo(PINS["flag"], 0), 0) == []
     assert GlanceIndex(np.zeros(0, np.int64), np.zeros((0, HISTOGRAM_DIMS)), np.zeros((0, 4))).rank(
         photo(PINS["flag"], 0), 3) == []
+    assert glance.similarities(plain) is None
+
+
+def test_similarities_are_catalogue_spreads_and_order_the_ranking(glance) -> None:
+    """The ranking model reads them as evidence: the same scale whatever the catalogue's size."""
+    shot = photo(PINS["flag"], 30)
+    similar = glance.similarities(shot)
+    assert similar.shape == (len(PINS),)
+    assert abs(similar.mean()) < 1e-6 and similar.std() == pytest.approx(1.0)
+    assert glance.rank(shot, len(PINS)) == glance.best(similar, len(PINS)) == np.argsort(-similar).tolist()
+    assert similar[list(PINS).index("flag")] == similar.max()
+    assert glance.rows == {image_id: row for row, image_id in enumerate(glance.image_ids.tolist())}
 
 
 def test_the_thumbnail_keeps_the_filled_silhouette_apart_from_what_the_colour_check_compares() -> None:
