@@ -8,10 +8,10 @@ on simulated photos of its catalogue or on your labelled ones):
   whether it aligned, and if so its geometry and colour (distinct inliers,
   inlier ratio, colour distance); CLIP's cosine and its margin over the best
   candidate of another design; the candidate's share of the local-feature
-  vote; and how like the photo's pin it looks as a whole (the glance's colours
-  and silhouette, :mod:`pinid.local.glance`), which tells a weak true alignment
-  from a chance one of a pin that looks nothing like the photo. An unaligned
-  candidate is therefore ranked by its CLIP, vote and glance evidence, and a
+  vote; and, where it aligned, how like the photo's pin it looks as a whole
+  (the glance's colours and silhouette, :mod:`pinid.local.glance`), which tells
+  a weak true alignment from a chance one on a pin that looks nothing like it.
+  An unaligned candidate is therefore ranked by its CLIP and vote evidence, and a
   CLIP answer with a clear margin can win without alignment, as far as the
   fitted weights say CLIP is worth it on this index;
 * **confidence** turns the best candidate's ranking score and its lead over
@@ -214,7 +214,8 @@ def candidate_features(candidates: Sequence[Any]) -> np.ndarray:
     Candidates are ``pinid.identify.recogniser.Candidate`` objects (or anything
     with ``verification``, ``aligned``, ``clip_score``, ``votes``, ``design`` and
     optionally ``glance``, 0 when absent).
-    Geometry and colour count only where a candidate aligned. A candidate
+    Geometry, colour and the glance count only where a candidate aligned (the
+    glance and the vote alone would make a small catalogue's stranger known). A candidate
     outside the photo's CLIP top list gets the lowest cosine of the list (it
     ranked below it); an index without CLIP gives cosine and margin 0. The
     margin is a candidate's cosine minus the best cosine of another design, so
@@ -251,7 +252,7 @@ def candidate_features(candidates: Sequence[Any]) -> np.ndarray:
     if votes.max() > 0:
         features[:, 6] = votes / votes.max()
     glance = np.array([float(getattr(c, "glance", 0.0) or 0.0) for c in candidates])
-    features[:, 7] = np.clip(np.nan_to_num(glance), -_GLANCE_CAP, _GLANCE_CAP)
+    features[:, 7] = np.where(aligned, np.clip(np.nan_to_num(glance), -_GLANCE_CAP, _GLANCE_CAP), 0.0)
     return features
 
 

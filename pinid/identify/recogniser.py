@@ -34,6 +34,7 @@ from .confidence import Calibration, candidate_features, sigmoid
 from .pin_table import PinTable
 
 T = TypeVar("T")
+_MIN_GLANCE_SIDE = 16  # pixels: a board's aligned outline smaller than this is not glanced at
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,8 @@ class Candidate:
     votes: float
     verification: Verification
     rank_score: float
-    # how like the photo's pin this image looks as a whole (``GlanceIndex.similarities``); 0: no glance (boards,
-    # or no pin stood out in the photo)
+    # how like the photo's pin this image looks as a whole (``GlanceIndex.similarities``; on a board, the pin
+    # where it aligned); 0: no glance (no pin stood out, or a board candidate that did not align)
     glance: float = 0.0
 
     @property
@@ -199,10 +200,15 @@ class Recogniser:
         order = [v.image_id for v in checked]
         checked = self._with_colourways(checked, lab, excluded)
         order += [v.image_id for v in checked[len(order):]]
-        rows = {} if similar is None else self._glances().rows
+        if board:
+            glance_of = self._glance_where_aligned(np.asarray(work), checked)
+        else:
+            rows = {} if similar is None else self._glances().rows
+            glance_of = {v.image_id: float(similar[rows[v.image_id]]) for v in checked
+                         if similar is not None and v.image_id in rows}
         found = [Candidate(v.image_id, self.image_pin_rows[v.image_id], self.designs[self.image_pin_rows[v.image_id]],
                            clip_scores.get(v.image_id, float("nan")), votes.get(v.image_id, 0.0), v, 0.0,
-                           float(similar[rows[v.image_id]]) if v.image_id in rows else 0.0)
+                           glance_of.get(v.image_id, 0.0))
                  for v in checked]
         scores = self.calibration.rank_score(candidate_features(found))
         result = [replace(candidate, rank_score=float(score)) for candidate, score in zip(found, scores)]
@@ -235,6 +241,35 @@ class Recogniser:
             return []
         found = self._glances().best(similar, count + len(excluded))
         return [image_id for image_id in found if image_id not in excluded][:count]
+
+    def _glance_where_aligned(self, rgb: np.ndarray, checked: list[Verification]) -> dict[int, float]:
+        """On a board, each aligned candidate's glance: how like it the pin where it aligned looks.
+
+        A board photo as a whole is no one pin, so the photo is cut to the
+        aligned outline's box and a quarter of its size around it, and that cut
+        is glanced at as a single-pin photo is (the same spreads over the
+        catalogue, so the ranking's weight means the same). A chance alignment
+        lands on another pin or on the board's cloth, which looks nothing like it.
+        """
+        glances = self._glances()
+        height, width = rgb.shape[:2]
+        found: dict[int, float] = {}
+        made: dict[tuple[int, int, int, int], np.ndarray | None] = {}
+        for v in checked:
+            if not v.aligned or v.polygon is None or v.image_id not in glances.rows:
+                continue
+            (x0, y0), (x1, y1) = v.polygon.min(axis=0), v.polygon.max(axis=0)
+            margin = 0.25 * max(x1 - x0, y1 - y0)
+            box = (int(max(0.0, x0 - margin)), int(max(0.0, y0 - margin)),
+                   int(min(width, x1 + margin + 1)), int(min(height, y1 + margin + 1)))
+            if box[2] - box[0] < _MIN_GLANCE_SIDE or box[3] - box[1] < _MIN_GLANCE_SIDE:
+                continue
+            if box not in made:  # colourway siblings share their source's outline
+                made[box] = glances.similarities(np.ascontiguousarray(rgb[box[1]:box[3], box[0]:box[2]]))
+            similar = made[box]
+            if similar is not None:
+                found[v.image_id] = float(similar[glances.rows[v.image_id]])
+        return found
 
     def _screen(self, features: Features, mirror: Features | None, excluded: frozenset[int]
                 ) -> tuple[dict[int, float], list[tuple[int, bool]], bool]:

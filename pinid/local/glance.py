@@ -30,7 +30,9 @@ Measured on the full benchmark (2,295 pins, seed 0; README, "The glance"):
 alone, the glance ranks the true pin in the first 10 for 0.27 of 300 photos
 (first for 0.11); as 10 of the 50 verified candidates it lifts the share of
 150 photos whose true pin is verified from 0.45 to 0.61. It finds different
-photos than the vote, and verification still decides.
+photos than the vote, and verification still decides. Its similarity is also
+evidence for the ranking (:mod:`pinid.identify.confidence`): a weak alignment of
+a pin that looks nothing like the photo is likely chance.
 """
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ def test_candidate_features_use_geometry_only_where_aligned_and_clip_margins_by_
     # margin over the best of ANOTHER design: the sibling does not count as a rival
     assert column["clip_margin"].tolist() == pytest.approx([0.2, 0.15, -0.2, -0.2])
     assert column["vote_share"].tolist() == pytest.approx([1.0, 0.5, 0.0, 0.25])
-    assert column["glance"].tolist() == pytest.approx([2.5, 5.0, -1.0, 0.0])  # capped at 5 spreads; none: 0
+    # capped at 5 spreads; only where aligned, like geometry and colour
+    assert column["glance"].tolist() == pytest.approx([2.5, 5.0, 0.0, 0.0])
     no_clip = candidate_features([_candidate(rng, "fox", True), _candidate(rng, "owl", False)])
     assert not no_clip[:, 4:6].any()
     assert candidate_features([]).shape == (0, len(RANKING_FEATURES))

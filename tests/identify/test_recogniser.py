@@ -356,10 +356,28 @@ def test_each_candidate_carries_how_like_the_photos_pin_it_looks_and_the_ranking
     ranked, _ = rec.candidates(photo, limit=25)
     glance = {c.image_id: c.glance for c in ranked}
     assert len(glance) == len(SHOTS) and max(glance, key=glance.__getitem__) == 3 and glance[3] > 1.0
-    # a calibration that weighs the glance alone orders the candidates by it
+    # a calibration that weighs the glance alone scores each aligned candidate by it (the others by nothing)
     weights = {name: 0.0 for name in RANKING_FEATURES} | {"glance": 1.0}
     rec.calibration = Calibration((0.0, *(weights[name] for name in RANKING_FEATURES)), (-0.3, 0.8, 0.4), 0.5, "t")
     ranked, _ = rec.candidates(photo, limit=25)
-    assert [c.glance for c in ranked] == sorted(glance.values(), reverse=True)
-    # a board photo has no one pin to glance at: no candidate carries a glance
-    assert all(c.glance == 0.0 for c in rec.candidates(photo, board=True)[0])
+    assert ranked[0].image_id == 3 and ranked[0].aligned
+    assert [c.rank_score for c in ranked] == pytest.approx([c.glance if c.aligned else 0.0 for c in ranked])
+    # a board photo as a whole is no one pin: each aligned candidate is glanced at where it aligned
+    board, _ = rec.candidates(photo, board=True)
+    assert board[0].image_id == 3 and board[0].aligned and board[0].glance > 1.0
+    assert all(c.glance == 0.0 for c in board if not c.aligned)
+
+
+def test_on_a_board_an_alignment_is_glanced_at_where_it_landed(parts) -> None:
+    """Two pins on one board: each aligns with its own glance; an outline laid on the other pin (a chance
+    alignment) looks nothing like it."""
+    table = np.full((700, 1100, 3), (92, 78, 64), np.uint8)
+    left = np.array([[0.8, 0.1, 60.0], [-0.1, 0.8, 150.0], [0.0, 0.0, 1.0]])
+    right = np.array([[0.8, -0.1, 620.0], [0.1, 0.8, 150.0], [0.0, 0.0, 1.0]])
+    board = Image.fromarray(place(place(table, pin(5), left), pin(1), right))
+    rec = recogniser(parts)
+    ranked, _ = rec.candidates(board, board=True)
+    aligned = {c.image_id: c for c in ranked if c.aligned}
+    assert {0, 3} <= set(aligned) and aligned[3].glance > 1.0 and aligned[0].glance > 1.0
+    on_the_other_pin = dataclasses.replace(aligned[0].verification, image_id=3)
+    assert rec._glance_where_aligned(np.asarray(board), [on_the_other_pin])[3] < aligned[3].glance - 1.0
