@@ -136,7 +136,8 @@ def test_version_2_calibrations_answer_as_before_the_glance_counted() -> None:
           "confidence": [-0.4, 0.8, 0.5], "unknown_below": 0.5, "fitted_on": "before the glance"}
     calibration = Calibration.from_dict(v2)
     rng = np.random.default_rng(1)
-    candidates = [_candidate(rng, "a", True, votes=2.0, glance=4.0), _candidate(rng, "b", False, votes=1.0, glance=-2.0)]
+    candidates = [_candidate(rng, "a", True, votes=2.0, glance=4.0),
+                  _candidate(rng, "b", False, votes=1.0, glance=-2.0)]
     features = candidate_features(candidates)
     before = -6.8 + features[:, :7] @ np.array([1.4, 2.2, 2.7, -1.1, 0.0, 0.0, 1.6])
     assert calibration.rank_score(features).tolist() == pytest.approx(before.tolist())
