@@ -85,7 +85,9 @@ def generate(out: Path, size: str | SizeSpec, seed: int = 0, workers: int = 1,
         for rows in results:
             _collect(tables, rows, progress)
     else:
-        with mp.get_context().Pool(workers, initializer=_init, initargs=(plan, out)) as pool:
+        # spawned, not forked: a fork of a process that runs threads (a test runner after a server test, FAISS's
+        # OpenMP pool) can copy a lock another thread held and wait on it for ever (a CI run hung so)
+        with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(plan, out)) as pool:
             for rows in pool.imap(_run, todo, chunksize=2):
                 _collect(tables, rows, progress)
     _write_tables(out, tables)
