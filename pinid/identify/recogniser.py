@@ -200,12 +200,12 @@ class Recogniser:
         order = [v.image_id for v in checked]
         checked = self._with_colourways(checked, lab, excluded)
         order += [v.image_id for v in checked[len(order):]]
+        glance_of: dict[int, float] = {}
         if board:
             glance_of = self._glance_where_aligned(np.asarray(work), checked)
-        else:
-            rows = {} if similar is None else self._glances().rows
-            glance_of = {v.image_id: float(similar[rows[v.image_id]]) for v in checked
-                         if similar is not None and v.image_id in rows}
+        elif similar is not None:
+            rows = self._glances().rows
+            glance_of = {v.image_id: float(similar[rows[v.image_id]]) for v in checked if v.image_id in rows}
         found = [Candidate(v.image_id, self.image_pin_rows[v.image_id], self.designs[self.image_pin_rows[v.image_id]],
                            clip_scores.get(v.image_id, float("nan")), votes.get(v.image_id, 0.0), v, 0.0,
                            glance_of.get(v.image_id, 0.0))
