@@ -535,7 +535,8 @@ def _describe_weights(calibration: dict[str, Any]) -> str:
             if weights["clip_margin"] or weights["clip_cosine"] else "CLIP unused (weight 0)")
     return (f"{clip}; aligned {weights['aligned']:+.2f}, log inliers {weights['log_distinct_inliers']:+.2f}, "
             f"inlier ratio {weights['inlier_ratio']:+.2f}, colour {weights['colour_distance']:+.2f} per 10 Lab, "
-            f"vote share {weights['vote_share']:+.2f}, glance {weights['glance']:+.2f}")
+            f"vote share {weights['vote_share']:+.2f}, glance {weights['glance']:+.2f}, "
+            f"structure {weights['structure']:+.2f}")
 
 
 def _describe_self_test(figures: dict[str, Any]) -> str:

@@ -9,8 +9,10 @@ on simulated photos of its catalogue or on your labelled ones):
   inlier ratio, colour distance); CLIP's cosine and its margin over the best
   candidate of another design; the candidate's share of the local-feature
   vote; and, where it aligned, how like the photo's pin it looks as a whole
-  (the glance's colours and silhouette, :mod:`pinid.local.glance`), which tells
-  a weak true alignment from a chance one on a pin that looks nothing like it.
+  (the glance's colours and silhouette, :mod:`pinid.local.glance`) and how well
+  the photo's edges follow the aligned reference's
+  (:func:`pinid.local.verify.structure_agreement`): both tell a weak true
+  alignment from a chance one.
   An unaligned candidate is therefore ranked by its CLIP and vote evidence, and a
   CLIP answer with a clear margin can win without alignment, as far as the
   fitted weights say CLIP is worth it on this index;
@@ -37,9 +39,9 @@ import numpy as np
 
 from ..errors import IndexFormatError, InputError
 
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4
 RANKING_FEATURES = ("aligned", "log_distinct_inliers", "inlier_ratio", "colour_distance", "clip_cosine",
-                    "clip_margin", "vote_share", "glance")
+                    "clip_margin", "vote_share", "glance", "structure")
 CONFIDENCE_FEATURES = ("top_score", "lead")
 _COLOUR_CAP = 60.0  # Lab units: a colour this far off says no more than any farther one
 _GLANCE_CAP = 5.0  # catalogue spreads: a glance this far from the catalogue's mean says no more than a farther one
@@ -47,6 +49,7 @@ MIN_EACH_CLASS = 5  # candidates needed of true and of false pins to fit the ran
 _V1_FEATURES = ("log_distinct_inliers", "inlier_ratio", "colour_distance", "clip_score")
 _V1_UNALIGNED = -12.0  # version 1 gave every unaligned candidate this score
 _V2_FEATURES = RANKING_FEATURES[:7]  # version 2 had no glance
+_V3_FEATURES = RANKING_FEATURES[:8]  # ... and version 3 no structure agreement
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class Calibration:
                 data = _from_version_1(data)
             if data["version"] == 2:  # ... and those built before the glance counted (weight 0)
                 data = _from_version_2(data)
+            if data["version"] == 3:  # ... and those built before the structure agreement counted (weight 0)
+                data = _from_version_3(data)
             elif data["version"] != CALIBRATION_VERSION:
                 raise ValueError(f"version {data['version']}")
             ranking = tuple(float(v) for v in data["ranking"])
@@ -135,12 +140,22 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
-    """A version-2 calibration in today's features, answering as it did: the glance gets weight 0."""
+    """A version-2 calibration as version 3, answering as it did: the glance gets weight 0."""
+    return _with_new_feature(data, 2, _V2_FEATURES, _V3_FEATURES)
+
+
+def _from_version_3(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-3 calibration in today's features, answering as it did: the structure agreement gets weight 0."""
+    return _with_new_feature(data, 3, _V3_FEATURES, RANKING_FEATURES)
+
+
+def _with_new_feature(data: dict[str, Any], version: int, features: tuple[str, ...], then: tuple[str, ...]
+                      ) -> dict[str, Any]:
     ranking = list(data["ranking"])
-    if list(data.get("ranking_features", _V2_FEATURES)) != list(_V2_FEATURES) or len(ranking) != len(_V2_FEATURES) + 1:
-        raise ValueError("version 2 with unexpected ranking features")
-    return {**data, "version": CALIBRATION_VERSION, "ranking_features": list(RANKING_FEATURES),
-            "ranking": ranking + [0.0]}
+    if list(data.get("ranking_features", features)) != list(features) or len(ranking) != len(features) + 1:
+        raise ValueError(f"version {version} with unexpected ranking features")
+    return {**data, "version": version + 1, "ranking_features": list(then),
+            "ranking": ranking + [0.0] * (len(then) - len(features))}
 
 
 def sigmoid(log_odds: float) -> float:
@@ -214,7 +229,7 @@ def candidate_features(candidates: Sequence[Any]) -> np.ndarray:
     Candidates are ``pinid.identify.recogniser.Candidate`` objects (or anything
     with ``verification``, ``aligned``, ``clip_score``, ``votes``, ``design`` and
     optionally ``glance``, 0 when absent).
-    Geometry, colour and the glance count only where a candidate aligned (the
+    Geometry, colour, structure and the glance count only where a candidate aligned (the
     glance and the vote alone would make a small catalogue's stranger known). A candidate
     outside the photo's CLIP top list gets the lowest cosine of the list (it
     ranked below it); an index without CLIP gives cosine and margin 0. The
@@ -253,6 +268,9 @@ def candidate_features(candidates: Sequence[Any]) -> np.ndarray:
         features[:, 6] = votes / votes.max()
     glance = np.array([float(getattr(c, "glance", 0.0) or 0.0) for c in candidates])
     features[:, 7] = np.where(aligned, np.clip(np.nan_to_num(glance), -_GLANCE_CAP, _GLANCE_CAP), 0.0)
+    # -1..1; nan (too little of the pin in the photo to compare) says nothing
+    structure = np.array([float(getattr(c.verification, "structure", np.nan)) for c in candidates])
+    features[:, 8] = np.where(aligned, np.nan_to_num(structure), 0.0)
     return features
 
 

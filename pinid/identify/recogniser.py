@@ -27,7 +27,7 @@ from ..local.config import Config, check, unknown_names
 from ..local.features import FeatureConfig, Features, query_feature_pair
 from ..local.glance import HISTOGRAM_DIMS, SHAPE_DIMS, GlanceIndex, reference_descriptors
 from ..local.store import LocalStore
-from ..local.verify import Verification, VerifyConfig, colour_distance, quick_inliers, verify
+from ..local.verify import Verification, VerifyConfig, dense_checks, quick_inliers, verify
 from ..local.vote import Ballot, VoteConfig, ballot
 from ..results import Found, Identification, Match
 from .confidence import Calibration, candidate_features, sigmoid
@@ -365,8 +365,9 @@ class Recogniser:
                     continue
                 entry = self.store.entry(sibling)
                 homography = source.homography @ _box_to_box(entry.pin_box, source_box)
-                borrowed = replace(source, image_id=sibling, homography=homography,
-                                   colour_distance=colour_distance(entry, lab, homography, config=self.config.verify))
+                distance, structure = dense_checks(entry, lab, homography, config=self.config.verify)
+                borrowed = replace(source, image_id=sibling, homography=homography, colour_distance=distance,
+                                   structure=structure)
                 by_image[sibling] = borrowed
                 if current is None:
                     extra.append(borrowed)

@@ -4,9 +4,10 @@ For each candidate: ratio-test matches of its descriptors against the
 photo's, a Hough-style filter on the rotation and scale each match implies,
 RANSAC for an affine map and then a homography, and a sanity check of that
 homography (convex, not degenerate, plausible scale and tilt). The photo is
-then warped onto the reference pin's box and its colours compared, enamel
-region by enamel region, in Lab: colourways of one design share every
-keypoint and differ only there.
+then warped onto the reference pin's box and compared densely: its colours,
+enamel region by enamel region, in Lab (colourways of one design share every
+keypoint and differ only there), and its edges (does every border of the pin
+line up, or only the few keypoints a chance alignment agrees on?).
 
 All candidates are matched in one exact FAISS search of their stacked
 descriptors against the photo's, which keeps K=50 within the time budget
@@ -74,6 +75,8 @@ class Verification:
     polygon: np.ndarray | None  # (4, 2) pin box corners in photo pixels
     colour_distance: float  # area-weighted Lab distance of enamel regions; nan when not aligned
     query_inliers: np.ndarray  # rows of the photo's features that are inliers
+    # how well the aligned photo's edges follow the reference's (structure_agreement); nan when not aligned
+    structure: float = float("nan")
 
     @property
     def inlier_ratio(self) -> float:
@@ -257,17 +260,10 @@ def verify_geometry(image_id: int, entry: ReferenceEntry, query: Features, ref_r
                         float("nan"), query_rows[inlier])
 
 
-def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np.ndarray, *,
-                    config: VerifyConfig = VerifyConfig()) -> float:
-    """Area-weighted distance between the reference's enamel regions and the aligned photo, in Lab units.
-
-    Regions are the reference thumbnail's main colours (k-means); each is
-    compared by the median of the photo pixels that land on it, so small
-    misalignments at region edges do not count. The light's brightness and
-    tint are taken out first (``balance_illumination``): exposure alone moved
-    a true pin's colours as far as another colourway's. Lightness still counts
-    half: shading moves it more than it moves hue.
-    """
+def aligned_thumbnail(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The photo warped onto the reference's (T, T) thumbnail by ``homography`` (reference to photo
+    pixels), and the mask of thumbnail pixels the photo covers: what the dense checks compare."""
     import cv2
 
     side = THUMBNAIL_SIDE
@@ -298,6 +294,24 @@ def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np
                                  borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
     valid = cv2.warpPerspective(np.full(image.shape[:2], 255, np.uint8), to_photo, (side, side),
                                 flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
+    return warped, valid
+
+
+def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np.ndarray, *,
+                    config: VerifyConfig = VerifyConfig()) -> float:
+    """Area-weighted distance between the reference's enamel regions and the aligned photo, in Lab units.
+
+    Regions are the reference thumbnail's main colours (k-means); each is
+    compared by the median of the photo pixels that land on it, so small
+    misalignments at region edges do not count. The light's brightness and
+    tint are taken out first (``balance_illumination``): exposure alone moved
+    a true pin's colours as far as another colourway's. Lightness still counts
+    half: shading moves it more than it moves hue.
+    """
+    return _colour_distance(entry, *aligned_thumbnail(entry, photo_lab, homography), config)
+
+
+def _colour_distance(entry: ReferenceEntry, warped: np.ndarray, valid: np.ndarray, config: VerifyConfig) -> float:
     inside = (entry.colour[:, :, 3] == INSIDE_ALPHA) & valid
     if inside.sum() < 16:
         return float("nan")
@@ -314,6 +328,49 @@ def colour_distance(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np
     weight = np.array([0.5, 1.0, 1.0])
     distances = np.linalg.norm((photo_medians - reference_medians) * weight, axis=1)
     return float((distances * areas).sum() / areas.sum())
+
+
+def structure_agreement(entry: ReferenceEntry, warped: np.ndarray, valid: np.ndarray) -> float:
+    """How well the aligned photo's edges follow the reference's: the cosine, over the thumbnail, of the two
+    gradient-orientation fields with the sign of each gradient dropped (-1..1, about 0 for unrelated images).
+
+    A chance alignment is a homography that a few look-alike keypoints
+    happen to agree on; it puts the reference's outline and enamel borders
+    where the photo has none. A true one, however few its inliers, lines up
+    every border of the pin. Orientation is taken modulo 180 degrees (angle
+    doubled), because raised metal lines turn from dark to light between a
+    studio shot and a photo; each pixel counts by its gradient's strength.
+    On 120 full-benchmark photos it told true from chance alignments with
+    AUROC 0.95 even among those of 8 inliers or fewer.
+    """
+    import cv2
+
+    usable = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # warp edges are no pin edges
+    if usable.sum() < 64:
+        return float("nan")
+    reference = _orientation_field(entry.colour[:, :, 0])
+    photo = _orientation_field(warped[:, :, 0])
+    agree = (reference[0] * photo[0] + reference[1] * photo[1])[usable].sum()
+    strength = np.sqrt((np.square(reference).sum(axis=0)[usable].sum()) * (np.square(photo).sum(axis=0)[usable].sum()))
+    return float(agree / strength) if strength > 1e-6 else float("nan")
+
+
+def _orientation_field(lightness: np.ndarray) -> np.ndarray:
+    """(2, T, T): each pixel's gradient as a doubled-angle vector whose length is the gradient's."""
+    import cv2
+
+    smooth = cv2.GaussianBlur(lightness.astype(np.float32), (0, 0), 0.8)
+    dx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0)
+    dy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1)
+    length = np.sqrt(dx * dx + dy * dy) + 1e-6
+    return np.stack([(dx * dx - dy * dy) / length, 2.0 * dx * dy / length])
+
+
+def dense_checks(entry: ReferenceEntry, photo_lab: np.ndarray, homography: np.ndarray, *,
+                 config: VerifyConfig = VerifyConfig()) -> tuple[float, float]:
+    """An alignment's colour distance and structure agreement, from one warp of the photo."""
+    warped, valid = aligned_thumbnail(entry, photo_lab, homography)
+    return _colour_distance(entry, warped, valid, config), structure_agreement(entry, warped, valid)
 
 
 def _lab_to_linear_rgb(lab: np.ndarray) -> np.ndarray:
@@ -378,11 +435,12 @@ def verify(query: Features, photo_lab: np.ndarray, candidates: list[tuple[int, R
     for (image_id, entry), (ref_rows, query_rows) in zip(candidates, matched):
         result = verify_geometry(image_id, entry, query, ref_rows, query_rows, photo_area, config=config)
         if colour and result.homography is not None:
-            result = replace(result, colour_distance=colour_distance(entry, photo_lab, result.homography,
-                                                                     config=config))
+            distance, structure = dense_checks(entry, photo_lab, result.homography, config=config)
+            result = replace(result, colour_distance=distance, structure=structure)
         results.append(result)
     return results
 
 
 __all__ = ["Verification", "VerifyConfig", "verify", "match_all", "verify_geometry", "colour_distance",
-           "quick_inliers", "hough_filter", "colour_regions"]
+           "aligned_thumbnail", "structure_agreement", "dense_checks", "quick_inliers", "hough_filter",
+           "colour_regions"]

@@ -13,13 +13,14 @@ from pinid.identify.confidence import (RANKING_FEATURES, Calibration, LabelledPh
 
 
 def _candidate(rng: np.random.Generator, design: str, right: bool, aligned: bool = True,
-               cosine: float = float("nan"), votes: float = 0.0, **glance: float) -> SimpleNamespace:
+               cosine: float = float("nan"), votes: float = 0.0, structure: float = float("nan"),
+               **glance: float) -> SimpleNamespace:
     """A verified candidate: true pins have many inliers and a close colour, false ones few and far."""
     inliers = int(rng.integers(25, 90)) if right else int(rng.integers(4, 14))
     check = SimpleNamespace(distinct_inliers=inliers if aligned else 0,
                             inlier_ratio=rng.uniform(0.4, 0.8) if right else rng.uniform(0.05, 0.25),
                             colour_distance=rng.uniform(2, 10) if right else rng.uniform(15, 40),
-                            aligned=aligned)
+                            aligned=aligned, structure=structure)
     return SimpleNamespace(verification=check, aligned=aligned, clip_score=cosine, design=design, votes=votes,
                            **glance)
 
@@ -93,9 +94,9 @@ def test_without_clip_evidence_the_clip_weights_stay_zero() -> None:
 
 def test_candidate_features_use_geometry_only_where_aligned_and_clip_margins_by_design() -> None:
     rng = np.random.default_rng(3)
-    candidates = [_candidate(rng, "fox", True, cosine=0.9, votes=4.0, glance=2.5),
+    candidates = [_candidate(rng, "fox", True, cosine=0.9, votes=4.0, glance=2.5, structure=0.6),
                   _candidate(rng, "fox", False, cosine=0.85, votes=2.0, glance=9.0),   # a colourway of the leader
-                  _candidate(rng, "owl", False, aligned=False, cosine=0.7, votes=0.0, glance=-1.0),
+                  _candidate(rng, "owl", False, aligned=False, cosine=0.7, votes=0.0, glance=-1.0, structure=0.4),
                   _candidate(rng, "cat", False, aligned=False, votes=1.0)]  # not in the CLIP top list, no glance
     features = candidate_features(candidates)
     column = {name: features[:, i] for i, name in enumerate(RANKING_FEATURES)}
@@ -108,6 +109,8 @@ def test_candidate_features_use_geometry_only_where_aligned_and_clip_margins_by_
     assert column["vote_share"].tolist() == pytest.approx([1.0, 0.5, 0.0, 0.25])
     # capped at 5 spreads; only where aligned, like geometry and colour
     assert column["glance"].tolist() == pytest.approx([2.5, 5.0, 0.0, 0.0])
+    # only where aligned; too little of the pin to compare (nan) says nothing
+    assert column["structure"].tolist() == pytest.approx([0.6, 0.0, 0.0, 0.0])
     no_clip = candidate_features([_candidate(rng, "fox", True), _candidate(rng, "owl", False)])
     assert not no_clip[:, 4:6].any()
     assert candidate_features([]).shape == (0, len(RANKING_FEATURES))
@@ -125,8 +128,8 @@ def test_version_1_calibrations_answer_as_before() -> None:
     check = aligned.verification
     old = -5.6 + 2.6 * np.log1p(check.distinct_inliers) + 6.4 * check.inlier_ratio - 0.84 * check.colour_distance / 10
     assert scores.tolist() == pytest.approx([old, -12.0])
-    assert calibration.weights()["glance"] == 0.0
-    assert calibration.to_dict()["version"] == 3 and Calibration.from_dict(calibration.to_dict()) == calibration
+    assert calibration.weights()["glance"] == 0.0 and calibration.weights()["structure"] == 0.0
+    assert calibration.to_dict()["version"] == 4 and Calibration.from_dict(calibration.to_dict()) == calibration
 
 
 def test_version_2_calibrations_answer_as_before_the_glance_counted() -> None:
@@ -141,9 +144,30 @@ def test_version_2_calibrations_answer_as_before_the_glance_counted() -> None:
     features = candidate_features(candidates)
     before = -6.8 + features[:, :7] @ np.array([1.4, 2.2, 2.7, -1.1, 0.0, 0.0, 1.6])
     assert calibration.rank_score(features).tolist() == pytest.approx(before.tolist())
-    assert calibration.weights()["glance"] == 0.0 and calibration.to_dict()["version"] == 3
+    assert calibration.weights()["glance"] == 0.0 and calibration.to_dict()["version"] == 4
     with pytest.raises(IndexFormatError, match="version 2 with unexpected ranking features"):
         Calibration.from_dict({**v2, "ranking": v2["ranking"][:-1]})
+
+
+def test_version_3_calibrations_answer_as_before_the_structure_counted() -> None:
+    """Indexes calibrated before the structure agreement was a ranking feature: every score as it was."""
+    v3 = {"version": 3, "ranking_features": list(RANKING_FEATURES[:8]),
+          "ranking": [-6.8, 1.4, 2.2, 2.7, -1.1, 0.0, 0.0, 1.6, 0.9], "confidence_features": ["top_score", "lead"],
+          "confidence": [-0.4, 0.8, 0.5], "unknown_below": 0.5, "fitted_on": "before the structure"}
+    calibration = Calibration.from_dict(v3)
+    rng = np.random.default_rng(1)
+    candidates = [_candidate(rng, "a", True, votes=2.0, glance=4.0, structure=0.8),
+                  _candidate(rng, "b", False, votes=1.0, glance=-2.0, structure=-0.1)]
+    features = candidate_features(candidates)
+    assert features[:, 8].tolist() == pytest.approx([0.8, -0.1])
+    before = -6.8 + features[:, :8] @ np.array([1.4, 2.2, 2.7, -1.1, 0.0, 0.0, 1.6, 0.9])
+    assert calibration.rank_score(features).tolist() == pytest.approx(before.tolist())
+    assert calibration.weights()["structure"] == 0.0 and calibration.weights()["glance"] == 0.9
+    assert calibration.to_dict()["version"] == 4
+    with pytest.raises(IndexFormatError, match="version 3 with unexpected ranking features"):
+        Calibration.from_dict({**v3, "ranking_features": list(RANKING_FEATURES[:7]) + ["colour"]})
+    with pytest.raises(IndexFormatError, match="version 5"):
+        Calibration.from_dict({**v3, "version": 5})
 
 
 def test_the_glance_is_learned_where_it_tells_a_true_weak_alignment_from_a_chance_one() -> None:

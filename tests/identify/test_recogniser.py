@@ -124,7 +124,8 @@ def test_strict_verification_aligns_nothing(parts) -> None:
 def clip_trusting() -> Calibration:
     """What a calibration learns on an index whose CLIP is informative: a clear CLIP lead is worth a lot."""
     weights = {"aligned": 4.0, "log_distinct_inliers": 2.6, "inlier_ratio": 6.4, "colour_distance": -0.84,
-               "clip_cosine": 0.0, "clip_margin": 30.0, "vote_share": 0.5, "glance": 0.0}
+               "clip_cosine": 0.0, "clip_margin": 30.0, "vote_share": 0.5, "glance": 0.0,
+               "structure": 0.0}
     return Calibration((-6.0, *(weights[name] for name in RANKING_FEATURES)), (-0.3, 0.8, 0.4), 0.5, "test")
 
 

@@ -17,7 +17,8 @@ from pinid.evaluation.boards import polygon_iou
 from pinid.index import PinIndex
 from pinid.local.features import (DESCRIPTOR_DIMS, THUMBNAIL_SIDE, FeatureConfig, encode_descriptors,
                                   query_features, reference_entry)
-from pinid.local.verify import VerifyConfig, balance_illumination, hough_filter, verify
+from pinid.local.verify import (VerifyConfig, aligned_thumbnail, balance_illumination, hough_filter,
+                               structure_agreement, verify)
 
 from tests.support import PERSPECTIVE, SIDE, background, pin, place, recolour, recolour_hsv
 
@@ -49,6 +50,29 @@ def test_known_homography_is_recovered() -> None:
     assert np.abs(found - expected).max() < 6.0
     assert np.abs(result.polygon - expected).max() < 6.0
     assert result.colour_distance < 10.0
+
+
+def test_structure_agreement_tells_a_true_alignment_from_a_chance_one() -> None:
+    """The aligned photo's edges follow the reference's whatever the light's polarity; a wrong map's do not."""
+    reference = pin(3)
+    entry = reference_entry(reference)
+    photo = place(background(), reference, PERSPECTIVE)
+    lab = cv2.cvtColor(photo, cv2.COLOR_RGB2LAB)
+    true = structure_agreement(entry, *aligned_thumbnail(entry, lab, PERSPECTIVE))
+    assert verify(query_features(Image.fromarray(photo)), lab, [(0, entry)])[0].structure == pytest.approx(
+        true, abs=0.15)  # what verification keeps, from the homography it found
+    negative = lab.copy()
+    negative[:, :, 0] = 255 - negative[:, :, 0]  # raised metal lines turn from dark to light
+    turned = cv2.getRotationMatrix2D((SIDE / 2, SIDE / 2), 90, 1.0)
+    wrong = PERSPECTIVE @ np.vstack([turned, [0.0, 0.0, 1.0]])  # the right place, a quarter-turn off
+    other = reference_entry(pin(7))
+    assert true > 0.5
+    assert structure_agreement(entry, *aligned_thumbnail(entry, negative, PERSPECTIVE)) > 0.5
+    assert abs(structure_agreement(entry, *aligned_thumbnail(entry, lab, wrong))) < 0.5 * true
+    assert abs(structure_agreement(other, *aligned_thumbnail(other, lab, PERSPECTIVE))) < 0.5 * true
+    # a map that puts the pin outside the photo leaves nothing to compare
+    away = np.array([[1.0, 0.0, 10 * SIDE], [0.0, 1.0, 10 * SIDE], [0.0, 0.0, 1.0]])
+    assert np.isnan(structure_agreement(entry, *aligned_thumbnail(entry, lab, away)))
 
 
 def test_verify_config_is_obeyed() -> None:
