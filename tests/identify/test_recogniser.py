@@ -112,7 +112,7 @@ def test_colourway_sources_setting_controls_borrowed_alignments(parts) -> None:
 
 
 def test_strict_verification_aligns_nothing(parts) -> None:
-    strict = recogniser(parts, LocalConfig(verify=VerifyConfig(min_inliers=10_000)))
+    strict = recogniser(parts, LocalConfig(verify=VerifyConfig(min_inliers=10_000, similarity_fallback=0)))
     ranked, _ = strict.candidates(photo_of(pin(5)))
     assert ranked and not any(c.aligned for c in ranked)
     answer = strict.identify(photo_of(pin(5)))
@@ -130,7 +130,7 @@ def clip_trusting() -> Calibration:
 
 
 def test_unaligned_candidates_are_ranked_by_clip_and_a_clear_clip_leader_is_the_answer(parts) -> None:
-    strict = LocalConfig(verify=VerifyConfig(min_inliers=10_000))  # nothing can align
+    strict = LocalConfig(verify=VerifyConfig(min_inliers=10_000, similarity_fallback=0))  # nothing can align
     clip = [(3, 0.93), (0, 0.71), (4, 0.69), (1, 0.52)]  # CLIP: pin-005, clearly ahead
     photo = photo_of(pin(5))
     store, vocabulary, table = parts

@@ -35,7 +35,7 @@ def strict_index(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Encoder
         folder.mkdir(parents=True)
         draw_pin_image(p * 100).save(folder / "front.png")
     return PinIndex.build(read_catalogue(root / "catalogue"), root / "index", tiny_encoder,
-                          config=LocalConfig(verify=VerifyConfig(min_inliers=10_000)))
+                          config=LocalConfig(verify=VerifyConfig(min_inliers=10_000, similarity_fallback=0)))
 
 
 def _photos(pins: range, strangers: range) -> list[tuple[Image.Image, str | None]]:

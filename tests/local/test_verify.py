@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -17,8 +18,9 @@ from pinid.evaluation.boards import polygon_iou
 from pinid.index import PinIndex
 from pinid.local.features import (DESCRIPTOR_DIMS, THUMBNAIL_SIDE, FeatureConfig, encode_descriptors,
                                   query_features, reference_entry)
+from pinid.local.features import Features
 from pinid.local.verify import (VerifyConfig, aligned_thumbnail, balance_illumination, hough_filter,
-                               structure_agreement, verify)
+                               structure_agreement, verify, verify_geometry, with_dense_checks)
 
 from tests.support import PERSPECTIVE, SIDE, background, pin, place, recolour, recolour_hsv
 
@@ -75,6 +77,44 @@ def test_structure_agreement_tells_a_true_alignment_from_a_chance_one() -> None:
     assert np.isnan(structure_agreement(entry, *aligned_thumbnail(entry, lab, away)))
 
 
+def test_inliers_in_a_thin_band_align_by_a_similarity_where_the_photo_confirms_it() -> None:
+    """Six true matches along one line of the pin leave an affine map's shear free (insane); a similarity
+    fits them, and stands only where the photo's edges follow the reference's."""
+    entry = reference_entry(pin(3))
+    turn = cv2.getRotationMatrix2D((0, 0), 30, 0.8)
+    turn[:, 2] = (150, 120)
+    similarity = np.vstack([turn, [0.0, 0.0, 1.0]])
+    photo = cv2.cvtColor(place(background(), pin(3), similarity), cv2.COLOR_RGB2LAB)
+    keypoints = entry.features.keypoints
+    x0, y0, x1, y1 = entry.pin_box
+    band = np.flatnonzero((np.abs(keypoints[:, 1] - (y0 + y1) / 2) < 2) & (keypoints[:, 0] > x0)
+                          & (keypoints[:, 0] < x1))
+    rows = band[np.argsort(keypoints[band, 0])][::max(1, len(band) // 6)][:6]
+    assert len(rows) == 6
+    seen = keypoints[rows].copy()
+    seen[:, :2] = cv2.perspectiveTransform(seen[:, :2].reshape(-1, 1, 2).astype(np.float64),
+                                           similarity).reshape(-1, 2)
+    seen[:, 1] += [3.0, -3.0] * 3  # a few pixels of keypoint noise across the band
+    seen[:, 2] *= 0.8
+    seen[:, 3] = (seen[:, 3] - 30) % 360
+    query = Features(seen.astype(np.float32), entry.features.descriptors[rows], photo.shape[1], photo.shape[0])
+    area = float(photo.shape[0] * photo.shape[1])
+    strict = verify_geometry(0, entry, query, rows, np.arange(6), area, config=VerifyConfig(similarity_fallback=0))
+    assert not strict.aligned
+    found = verify_geometry(0, entry, query, rows, np.arange(6), area)
+    assert found.aligned and found.similarity_only and found.inliers >= 4
+    corners = entry.outline.reshape(-1, 1, 2)
+    placed = cv2.perspectiveTransform(corners, similarity).reshape(-1, 2)
+    assert np.abs(found.polygon - placed).max() < 0.1 * SIDE
+    confirmed = with_dense_checks(found, entry, photo)
+    assert confirmed.aligned and confirmed.structure > 0.3 and confirmed.colour_distance < 20
+    # the same matches over a photo without the pin: nothing confirms the map, so nothing aligned
+    assert not with_dense_checks(found, entry, cv2.cvtColor(background(), cv2.COLOR_RGB2LAB)).aligned
+    # a full alignment is never undone by the dense checks: they only measure it
+    full = replace(found, similarity_only=False)
+    assert with_dense_checks(full, entry, cv2.cvtColor(background(), cv2.COLOR_RGB2LAB)).aligned
+
+
 def test_verify_config_is_obeyed() -> None:
     """The same photo and reference that align by default do not under a stricter ``VerifyConfig``."""
     reference = pin(3)
@@ -85,7 +125,8 @@ def test_verify_config_is_obeyed() -> None:
     aligned = verify(features, lab, [(0, entry)])[0]
     assert aligned.aligned
     # (more inliers than matches: the affine fit may keep more inliers than the refined homography reports)
-    for strict in (VerifyConfig(min_inliers=aligned.matches + 1), VerifyConfig(min_matches=aligned.matches + 1),
+    for strict in (VerifyConfig(min_inliers=aligned.matches + 1, similarity_min_inliers=aligned.matches + 1),
+                   VerifyConfig(min_matches=aligned.matches + 1),
                    VerifyConfig(min_pin_area_px=float(photo.shape[0] * photo.shape[1]))):
         result = verify(features, lab, [(0, entry)], config=strict)[0]
         assert not result.aligned and np.isnan(result.colour_distance), strict
