@@ -27,7 +27,7 @@ from ..local.config import Config, check, unknown_names
 from ..local.features import FeatureConfig, Features, query_feature_pair
 from ..local.glance import HISTOGRAM_DIMS, SHAPE_DIMS, GlanceIndex, reference_descriptors
 from ..local.store import LocalStore
-from ..local.verify import Verification, VerifyConfig, dense_checks, quick_inliers, verify
+from ..local.verify import LabPyramid, Verification, VerifyConfig, dense_checks, quick_inliers, verify
 from ..local.vote import Ballot, VoteConfig, ballot
 from ..results import Found, Identification, Match
 from .confidence import Calibration, candidate_features, sigmoid
@@ -353,6 +353,7 @@ class Recogniser:
         """
         by_image = {v.image_id: v for v in checked}
         aligned = sorted((v for v in checked if v.aligned), key=lambda v: -v.distinct_inliers)
+        pyramid = LabPyramid(lab)
         extra: list[Verification] = []
         for source in aligned[:self.config.candidates.max_colourway_sources]:
             design = self.designs[self.image_pin_rows[source.image_id]]
@@ -365,7 +366,7 @@ class Recogniser:
                     continue
                 entry = self.store.entry(sibling)
                 homography = source.homography @ _box_to_box(entry.pin_box, source_box)
-                distance, structure = dense_checks(entry, lab, homography, config=self.config.verify)
+                distance, structure = dense_checks(entry, pyramid, homography, config=self.config.verify)
                 borrowed = replace(source, image_id=sibling, homography=homography, colour_distance=distance,
                                    structure=structure)
                 by_image[sibling] = borrowed

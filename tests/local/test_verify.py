@@ -19,8 +19,8 @@ from pinid.index import PinIndex
 from pinid.local.features import (DESCRIPTOR_DIMS, THUMBNAIL_SIDE, FeatureConfig, encode_descriptors,
                                   query_features, reference_entry)
 from pinid.local.features import Features
-from pinid.local.verify import (VerifyConfig, aligned_thumbnail, balance_illumination, hough_filter,
-                               structure_agreement, verify, verify_geometry, with_dense_checks)
+from pinid.local.verify import (LabPyramid, VerifyConfig, aligned_thumbnail, balance_illumination, colour_distance,
+                               hough_filter, structure_agreement, verify, verify_geometry, with_dense_checks)
 
 from tests.support import PERSPECTIVE, SIDE, background, pin, place, recolour, recolour_hsv
 
@@ -75,6 +75,23 @@ def test_structure_agreement_tells_a_true_alignment_from_a_chance_one() -> None:
     # a map that puts the pin outside the photo leaves nothing to compare
     away = np.array([[1.0, 0.0, 10 * SIDE], [0.0, 1.0, 10 * SIDE], [0.0, 0.0, 1.0]])
     assert np.isnan(structure_agreement(entry, *aligned_thumbnail(entry, lab, away)))
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 5.0])
+def test_dense_checks_read_the_pyramid_level_that_fits_the_pin(scale: float) -> None:
+    """A pin shown small, as shot or five times larger is compared at its own place: the pyramid level
+    is chosen by the pin's size and mapped back exactly (an off-by-a-level map would scramble both checks)."""
+    reference = pin(3)
+    entry = reference_entry(reference)
+    placed = np.array([[scale, 0.0, 40.0], [0.0, scale, 30.0], [0.0, 0.0, 1.0]])
+    photo = cv2.cvtColor(place(background(1400, 1400), reference, placed), cv2.COLOR_RGB2LAB)
+    pyramid = LabPyramid(photo)
+    warped, valid = aligned_thumbnail(entry, pyramid, placed)
+    assert valid.all()
+    assert structure_agreement(entry, warped, valid) > 0.6
+    assert colour_distance(entry, pyramid, placed) < 8.0
+    halvings = {0.3: 0, 1.0: 1, 5.0: 3}[scale]  # the pin box is ~208 px at scale 1; 1.5 thumbnails are 72 px
+    assert len(pyramid.levels) == halvings + 1
 
 
 def test_inliers_in_a_thin_band_align_by_a_similarity_where_the_photo_confirms_it() -> None:
