@@ -111,7 +111,7 @@ def test_info_says_whether_the_calibration_trusts_clip(index_dir: Path, capsys) 
 
     _, out, _ = run(capsys, "info", index_dir)
     assert "ranking:    CLIP unused (weight 0); aligned " in out  # the shipped calibration: fitted without CLIP
-    assert ", glance +" in out  # ... and with the glance, which it trusts
+    assert ", glance +" in out and ", structure +" in out  # ... and with the glance and the structure, which it trusts
     weights = {name: 0.5 for name in RANKING_FEATURES} | {"clip_margin": 30.0, "clip_cosine": 2.0}
     trusting = Calibration((-6.0, *(weights[name] for name in RANKING_FEATURES)), (-0.3, 0.8, 0.4), 0.5, "test")
     PinIndex.load(index_dir, encoder=None).replace_calibration(trusting)

@@ -55,9 +55,11 @@ class CandidateConfig(Config):
     glance_mirrored_candidates: int = 10  # of the glance's finds, tried both ways round (on top of max_tries)
     # a single-pin photo whose first first_tries tries hold an alignment with sure_inliers distinct inliers or more
     # is not verified further (0: always every try). On 300 full-benchmark photos 12 answered as every try did
-    # (first 0.410; one true pin fewer aligned) with p50 / p90 412 / 657 ms against 437 / 689 at 20
-    first_tries: int = 20
-    sure_inliers: int = 12
+    # (first 0.410; one true pin fewer aligned) with p50 / p90 412 / 657 ms against 437 / 689 at 20. Once the
+    # vote's four images put the true one earlier: 20 / 12 first 0.493 at 420 / 669 ms, 20 / 8 0.493 at
+    # 381 / 604, 15 / 8 0.493 at 361 / 594, 20 / 6 0.483
+    first_tries: int = 15
+    sure_inliers: int = 8
 
     # settings of older indexes: the unclear-orientation step and the mirror fallback, which one list of both votes
     # (``_screen``) replaced, and the count of images verified (each once), which ``max_tries`` replaced
