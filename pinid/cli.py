@@ -251,7 +251,7 @@ def _calibrate_new_index(index: Any, photos: int | None, workers: int, quiet: bo
               help="with --multi and one photo: draw the pins found on it into this PNG")
 @click.option("--no-verify", is_flag=True, help="rank by CLIP similarity alone (no geometry, colour or confidence)")
 @click.option("--candidates", type=click.IntRange(min=1, max=500), default=None,
-              help="tries (reference image, orientation) verified per photo [default: the index's setting, 70]")
+              help="tries (reference image, orientation) verified per photo [default: the index's setting, 90]")
 @_model_option
 @_pretrained_option
 @_device_option
