@@ -16,9 +16,8 @@ from pinid.identify.confidence import Calibration, default_calibration, fit_logi
 from pinid.errors import IndexFormatError, PinidError
 from pinid.evaluation.boards import polygon_iou
 from pinid.index import PinIndex
-from pinid.local.features import (DESCRIPTOR_DIMS, THUMBNAIL_SIDE, FeatureConfig, encode_descriptors,
+from pinid.local.features import (DESCRIPTOR_DIMS, THUMBNAIL_SIDE, FeatureConfig, Features, encode_descriptors,
                                   query_features, reference_entry)
-from pinid.local.features import Features
 from pinid.local.verify import (LabPyramid, VerifyConfig, aligned_thumbnail, balance_illumination, colour_distance,
                                hough_filter, structure_agreement, verify, verify_geometry, with_dense_checks)
 
