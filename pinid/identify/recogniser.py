@@ -202,8 +202,12 @@ class Recogniser:
             checked += self._verify(tries[len(first):], features, mirror, lab)
         checked = _strongest_each(checked)
         order = [v.image_id for v in checked]
-        checked = self._with_colourways(checked, lab, excluded)
+        checked, shared = self._with_colourways(checked, lab, excluded, single_pin=not board)
         order += [v.image_id for v in checked[len(order):]]
+        # colourways that share one alignment share its vote too: the vote counts grey-level shapes, which
+        # a recolouring changes by chance, so only colour (and the glance) tells them apart
+        votes = {**votes, **{sibling: max(votes.get(sibling, 0.0), votes.get(source, 0.0))
+                             for sibling, source in shared.items()}}
         glance_of: dict[int, float] = {}
         if board:
             glance_of = self._glance_where_aligned(np.asarray(work), checked)
@@ -343,40 +347,58 @@ class Recogniser:
                 found[v.image_id, True] = v
         return [found[pair] for pair in tries]
 
-    def _with_colourways(self, checked: list[Verification], lab: np.ndarray, excluded: frozenset[int] = frozenset()
-                         ) -> list[Verification]:
-        """Give every colourway of an aligned design the same alignment, and its own colour distance.
+    def _with_colourways(self, checked: list[Verification], lab: np.ndarray, excluded: frozenset[int] = frozenset(),
+                         *, single_pin: bool = False) -> tuple[list[Verification], dict[int, int]]:
+        """Give the colourways of an aligned design one alignment, each with its own colour distance; and
+        which image each sibling's alignment came from.
 
         Colourways of a design share their shape, but a recoloured pin can show
         different grey-level contrast and fail geometric verification on its
         own, or miss the candidate list. On the benchmark, every colourway
         query whose design was found but whose variant was not had its true
-        variant unaligned. The aligned sibling's homography is carried over
-        (through the two pin boxes, in case the shots are framed differently)
-        and only the colour comparison decides.
+        variant unaligned. The design's strongest alignment (most distinct
+        inliers) is carried over (through the two pin boxes, in case the shots
+        are framed differently) and only the colour comparison decides.
+
+        In a single-pin photo every sibling takes it, even one that aligned on
+        its own: siblings' own alignments differ only by chance (a few
+        inliers more or less, a slightly different map), and letting that
+        decide chose the wrong colourway of the right design twice as often
+        for mirrored photos as for the same photos as taken (13 against 6 of
+        300). On a board two colourways may lie side by side, so there a
+        sibling keeps its own alignment.
         """
         by_image = {v.image_id: v for v in checked}
-        aligned = sorted((v for v in checked if v.aligned), key=lambda v: -v.distinct_inliers)
+        aligned = sorted((v for v in checked if v.aligned),
+                         key=lambda v: (-v.distinct_inliers, -np.nan_to_num(v.structure, nan=-1.0)))
         pyramid = LabPyramid(lab)
         extra: list[Verification] = []
-        for source in aligned[:self.config.candidates.max_colourway_sources]:
+        shared: dict[int, int] = {}
+        designs: set[str] = set()
+        for source in aligned:
+            if len(designs) == self.config.candidates.max_colourway_sources:
+                break
             design = self.designs[self.image_pin_rows[source.image_id]]
+            if design in designs:
+                continue
+            designs.add(design)
             source_box = self.store.entry(source.image_id).pin_box
             for sibling in self.design_images.get(design, ()):
-                if sibling in excluded:
+                if sibling in excluded or sibling == source.image_id:
                     continue
                 current = by_image.get(sibling)
-                if current is not None and current.aligned:
+                if current is not None and current.aligned and not single_pin:
                     continue
                 entry = self.store.entry(sibling)
                 homography = source.homography @ _box_to_box(entry.pin_box, source_box)
                 distance, structure = dense_checks(entry, pyramid, homography, config=self.config.verify)
-                borrowed = replace(source, image_id=sibling, homography=homography, colour_distance=distance,
-                                   structure=structure)
-                by_image[sibling] = borrowed
+                # the polygon stays the source's: the map takes the sibling's pin box onto the source's
+                by_image[sibling] = replace(source, image_id=sibling, homography=homography,
+                                            colour_distance=distance, structure=structure)
+                shared[sibling] = source.image_id
                 if current is None:
-                    extra.append(borrowed)
-        return [by_image[v.image_id] for v in checked] + extra
+                    extra.append(by_image[sibling])
+        return [by_image[v.image_id] for v in checked] + extra, shared
 
     def identify(self, image: Image.Image, clip: Sequence[tuple[int, float]] = (), *, k: int = 5,
                  limit: int | None = None, query: str = "<image>") -> Identification:

@@ -111,6 +111,30 @@ def test_colourway_sources_setting_controls_borrowed_alignments(parts) -> None:
     assert [c.image_id for c in recogniser(parts, none).candidates(photo, limit=1)[0]] == [1]
 
 
+def test_colourways_of_one_design_share_one_alignment_and_colour_decides(parts) -> None:
+    teal = photo_of(recolour(pin(2), 150), seed=7)
+    ranked, _ = recogniser(parts).candidates(teal)
+    by_image = {c.image_id: c for c in ranked}
+    plain, right = by_image[1], by_image[2]
+    # one alignment (the design's strongest) for both colourways: same inliers, same outline, same vote
+    assert plain.aligned and right.aligned
+    assert plain.verification.distinct_inliers == right.verification.distinct_inliers
+    assert np.allclose(plain.verification.polygon, right.verification.polygon)
+    assert plain.votes == right.votes
+    assert right.verification.colour_distance + 10 < plain.verification.colour_distance
+    assert ranked[0].image_id == 2
+    # on a board two colourways may lie side by side: each keeps its own alignment there
+    store, vocabulary, table = parts
+    rec = recogniser(parts)
+    lab = np.zeros((8, 8, 3), np.uint8)
+    own = [dataclasses.replace(plain.verification, image_id=1, distinct_inliers=9),
+           dataclasses.replace(right.verification, image_id=2, distinct_inliers=5)]
+    board, shared = rec._with_colourways(own, lab, single_pin=False)
+    assert shared == {} and [v.distinct_inliers for v in board] == [9, 5]
+    single, shared = rec._with_colourways(own, lab, single_pin=True)
+    assert shared == {2: 1} and [v.distinct_inliers for v in single] == [9, 9]
+
+
 def test_strict_verification_aligns_nothing(parts) -> None:
     strict = recogniser(parts, LocalConfig(verify=VerifyConfig(min_inliers=10_000, similarity_fallback=0)))
     ranked, _ = strict.candidates(photo_of(pin(5)))
