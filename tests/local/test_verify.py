@@ -19,7 +19,8 @@ from pinid.index import PinIndex
 from pinid.local.features import (DESCRIPTOR_DIMS, THUMBNAIL_SIDE, FeatureConfig, Features, encode_descriptors,
                                   query_features, reference_entry)
 from pinid.local.verify import (LabPyramid, VerifyConfig, aligned_thumbnail, balance_illumination, colour_distance,
-                               hough_filter, structure_agreement, verify, verify_geometry, with_dense_checks)
+                               hough_filter, seeded_affine, structure_agreement, verify, verify_geometry,
+                               with_dense_checks)
 
 from tests.support import PERSPECTIVE, SIDE, background, pin, place, recolour, recolour_hsv
 
@@ -129,6 +130,30 @@ def test_inliers_in_a_thin_band_align_by_a_similarity_where_the_photo_confirms_i
     # a full alignment is never undone by the dense checks: they only measure it
     full = replace(found, similarity_only=False)
     assert with_dense_checks(full, entry, cv2.cvtColor(background(), cv2.COLOR_RGB2LAB)).aligned
+
+
+def test_seeded_affine_finds_a_few_true_matches_among_many_wrong_ones() -> None:
+    """6 matches that one mildly sheared map explains, hidden among 60 that agree with its rotation and scale
+    (what the Hough filter leaves): every match proposes a map, so the 6 are found, every time."""
+    rng = np.random.default_rng(7)
+    turn, scale = np.deg2rad(25.0), 0.7
+    to_reference = np.array([[scale * np.cos(turn), -scale * np.sin(turn) * 1.1, 40.0],
+                             [scale * np.sin(turn), scale * np.cos(turn) * 0.95, -10.0]])
+    count, true = 66, 6
+    photo = np.column_stack([rng.uniform(0, 300, (count, 2)), rng.uniform(3, 8, count), rng.uniform(0, 360, count)])
+    reference = photo.copy()
+    reference[:, :2] = photo[:, :2] @ to_reference[:, :2].T + to_reference[:, 2]
+    reference[:true, :2] += rng.normal(0, 0.5, (true, 2))  # keypoint noise on the true ones
+    reference[true:, :2] = rng.uniform(0, 250, (count - true, 2))  # the rest land anywhere on the pin
+    reference[:, 2] = photo[:, 2] * scale * rng.uniform(0.85, 1.15, count)  # sizes and angles only roughly agree
+    reference[:, 3] = (photo[:, 3] + 25.0 + rng.normal(0, 5, count)) % 360.0
+    affine, agree = seeded_affine(photo.astype(np.float32), reference.astype(np.float32), threshold=4.0)
+    assert agree.tolist() == [True] * true + [False] * (count - true)
+    assert np.abs(affine - to_reference).max() < 0.05 * np.abs(to_reference).max()
+    again, agree_again = seeded_affine(photo.astype(np.float32), reference.astype(np.float32), threshold=4.0)
+    assert np.array_equal(again, affine) and np.array_equal(agree_again, agree)  # no random draws
+    nothing, none = seeded_affine(photo[:2].astype(np.float32), reference[:2].astype(np.float32), threshold=4.0)
+    assert nothing is None and not none.any()  # two matches fix no affine map
 
 
 def test_verify_config_is_obeyed() -> None:
