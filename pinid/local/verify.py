@@ -2,7 +2,8 @@
 
 For each candidate: ratio-test matches of its descriptors against the
 photo's, a Hough-style filter on the rotation and scale each match implies,
-RANSAC for an affine map and then a homography, and a sanity check of that
+an affine map that one match's keypoints propose and the most matches follow
+(``seeded_affine``), then a homography, and a sanity check of that
 homography (convex, not degenerate, plausible scale and tilt). The photo is
 then warped onto the reference pin's box and compared densely: its colours,
 enamel region by enamel region, in Lab (colourways of one design share every
@@ -31,8 +32,8 @@ class VerifyConfig(Config):
 
     ratio_test_max: float = 0.9  # Lowe's ratio, reference -> photo (0.85 lost a third of correct matches)
     min_matches: int = 5  # ratio-test matches, before and after the Hough filter
-    min_inliers: int = 4  # RANSAC inliers; pins show few keypoints, the calibrated models weigh how many
-    max_reprojection_share: float = 0.02  # RANSAC threshold as a share of the reference image's long side
+    min_inliers: int = 4  # inliers of the affine map; pins show few keypoints, the calibrated models weigh how many
+    max_reprojection_share: float = 0.02  # inlier threshold as a share of the reference image's long side
     # of the one-match similarity proposals (seeded_affine), how many are refined to an affine map; 0: three-point
     # RANSAC instead (ransac_max_iterations, ransac_confidence)
     seeded_affine: int = 50
@@ -158,20 +159,29 @@ def quick_inliers(query_keypoints: np.ndarray, reference_keypoints: np.ndarray, 
     reference = np.asarray(reference_keypoints, dtype=np.float64)[:max_matches]
     if len(query) < 3:
         return 0
-    scale = np.maximum(reference[:, 2], 1e-3) / np.maximum(query[:, 2], 1e-3)  # photo -> reference, per match
-    turn = np.deg2rad(reference[:, 3] - query[:, 3])
-    cos, sin = scale * np.cos(turn), scale * np.sin(turn)
-    # hypothesis h maps photo point p to R_h p + t_h, with t_h fixed by its own match
-    tx = reference[:, 0] - (cos * query[:, 0] - sin * query[:, 1])
-    ty = reference[:, 1] - (sin * query[:, 0] + cos * query[:, 1])
-    px = cos[:, None] * query[None, :, 0] - sin[:, None] * query[None, :, 1] + tx[:, None]
-    py = sin[:, None] * query[None, :, 0] + cos[:, None] * query[None, :, 1] + ty[:, None]
-    threshold = 2 * config.max_reprojection_share * reference_long_side
-    inliers = (px - reference[None, :, 0]) ** 2 + (py - reference[None, :, 1]) ** 2 < threshold ** 2
+    inliers, scale = _match_similarities(query, reference, 2 * config.max_reprojection_share * reference_long_side)
     best = int(np.argmax(inliers.sum(axis=1)))
     chosen = inliers[best]
     cell = reference_long_side / config.distinct_cells_per_side
     return min(_distinct(reference[chosen, :2], cell), _distinct(query[chosen, :2], max(2.0, cell / scale[best])))
+
+
+def _match_similarities(query: np.ndarray, reference: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """The similarity (photo -> reference) each match's two keypoints imply: which matches each one brings
+    within ``tolerance`` of their reference keypoint ((n, n) booleans, a row per proposal), and its scale."""
+    scale = np.maximum(reference[:, 2], 1e-3) / np.maximum(query[:, 2], 1e-3)
+    turn = np.deg2rad(reference[:, 3] - query[:, 3])
+    cos, sin = scale * np.cos(turn), scale * np.sin(turn)
+    # proposal h maps photo point p to R_h p + t_h, with t_h fixed by its own match
+    tx = reference[:, 0] - (cos * query[:, 0] - sin * query[:, 1])
+    ty = reference[:, 1] - (sin * query[:, 0] + cos * query[:, 1])
+    follows = np.zeros((len(query), len(query)), bool)
+    for start in range(0, len(query), 256):  # bounded memory for a board's long match lists
+        rows = slice(start, start + 256)
+        px = cos[rows, None] * query[None, :, 0] - sin[rows, None] * query[None, :, 1] + tx[rows, None]
+        py = sin[rows, None] * query[None, :, 0] + cos[rows, None] * query[None, :, 1] + ty[rows, None]
+        follows[rows] = (px - reference[None, :, 0]) ** 2 + (py - reference[None, :, 1]) ** 2 < tolerance ** 2
+    return follows, scale
 
 
 def hough_filter(ref_kp: np.ndarray, query_kp: np.ndarray) -> np.ndarray:
@@ -217,17 +227,9 @@ def seeded_affine(query_kp: np.ndarray, ref_kp: np.ndarray, threshold: float, *,
     count = len(query_kp)
     if count < 3:
         return None, np.zeros(count, bool)
-    query_xy, ref_xy = query_kp[:, :2].astype(np.float64), ref_kp[:, :2].astype(np.float64)
-    scale = ref_kp[:, 2].astype(np.float64) / np.maximum(query_kp[:, 2], 1e-3)
-    turn = np.deg2rad(ref_kp[:, 3].astype(np.float64) - query_kp[:, 3])
-    cos, sin = scale * np.cos(turn), scale * np.sin(turn)
-    linear = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], 1)  # (n, 2, 2): photo -> reference
-    shift = ref_xy - np.einsum("nij,nj->ni", linear, query_xy)
-    followers = np.zeros((count, count), bool)
-    for start in range(0, count, 256):  # bounded memory for a board's long match lists
-        stop = min(count, start + 256)
-        projected = np.einsum("hij,mj->hmi", linear[start:stop], query_xy) + shift[start:stop, None]
-        followers[start:stop] = np.linalg.norm(projected - ref_xy[None], axis=2) < loose * threshold
+    query, reference = np.asarray(query_kp, np.float64), np.asarray(ref_kp, np.float64)
+    query_xy, ref_xy = query[:, :2], reference[:, :2]
+    followers, _ = _match_similarities(query, reference, loose * threshold)
     best: tuple[int, np.ndarray | None, np.ndarray] = (0, None, np.zeros(count, bool))
     for seed in np.argsort(-followers.sum(axis=1), kind="stable")[:seeds]:
         agree, affine = followers[seed], None
