@@ -95,6 +95,29 @@ def test_mirrored_features_describe_the_mirrored_photo() -> None:
     assert query_feature_pair(photo, mirrored=False)[1] is None
 
 
+def test_computed_mirror_descriptors_are_closer_to_the_mirrored_photos_than_permuted_ones() -> None:
+    from PIL import ImageOps
+
+    from pinid.local.features import query_feature_pair
+
+    photo = Image.fromarray(place(background(), pin(5), PERSPECTIVE))
+    seen = query_features_of(ImageOps.mirror(photo))
+
+    def gap(config: FeatureConfig) -> float:
+        """Median code distance from each mirror feature to SIFT's feature of the mirrored photo at its place."""
+        _, mirror = query_feature_pair(photo, config=config)
+        assert mirror is not None
+        offsets = np.linalg.norm(mirror.keypoints[:300, None, :2] - seen.keypoints[None, :, :2], axis=2)
+        nearest = offsets.argmin(axis=1)
+        same = (offsets.min(axis=1) < 0.5) & (np.abs(mirror.keypoints[:300, 2] - seen.keypoints[nearest, 2]) < 0.1)
+        assert same.sum() > 100
+        codes = mirror.descriptors[:300][same].astype(np.float32)
+        return float(np.median(np.linalg.norm(codes - seen.descriptors[nearest[same]].astype(np.float32), axis=1)))
+
+    computed, permuted = gap(FeatureConfig()), gap(FeatureConfig(computed_mirror_descriptors=0))
+    assert computed < 0.75 * permuted, (computed, permuted)
+
+
 def query_features_of(image: Image.Image):
     return query_features(image)
 

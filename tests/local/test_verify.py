@@ -268,7 +268,7 @@ def test_descriptor_codes_keep_nearest_neighbours() -> None:
     from pinid.local.features import _sift, root_sift
 
     grey = np.asarray(pin(7).convert("L"))
-    _, _, raw = _sift(grey)
+    _, _, raw, _ = _sift(grey)
     codes = encode_descriptors(raw).astype(np.float32)
     full = root_sift(raw)
     assert codes.shape == (len(raw), DESCRIPTOR_DIMS) and len(raw) > 40
