@@ -75,7 +75,7 @@ class FeatureConfig(Config):
     board_long_side_px: int = 1600
     # 1: a photo's mirror-image features get SIFT's own descriptors of the mirrored photo (_mirror_descriptors);
     # 0: the descriptors' bins permuted (MIRROR_BINS), which is free but only close
-    computed_mirror_descriptors: int = 1
+    computed_mirror_descriptors: int = 0
     sift_contrast_threshold: float = 0.02  # OpenCV's default 0.04 finds too few points on flat enamel
     reference_view_long_sides_px: tuple[int, ...] = (512, 256, 128)  # untilted views of a product shot
     tilt_factor: float = 1.5  # 1 / cos(48 degrees): how much the tilted views foreshorten

@@ -231,7 +231,14 @@ def seeded_affine(query_kp: np.ndarray, ref_kp: np.ndarray, threshold: float, *,
     query_xy, ref_xy = query[:, :2], reference[:, :2]
     followers, _ = _match_similarities(query, reference, loose * threshold)
     best: tuple[int, np.ndarray | None, np.ndarray] = (0, None, np.zeros(count, bool))
-    for seed in np.argsort(-followers.sum(axis=1), kind="stable")[:seeds]:
+    support = followers.sum(axis=1)
+    chosen = np.argsort(-support, kind="stable")[:seeds]
+    chosen = chosen[support[chosen] >= 3]  # fewer followers fix no affine map
+    if not len(chosen):
+        return None, best[2]
+    # proposals of one group of right matches have the same followers: refine each set of followers once
+    _, first = np.unique(np.packbits(followers[chosen], axis=1), axis=0, return_index=True)
+    for seed in chosen[np.sort(first)]:
         agree, affine = followers[seed], None
         for factor in (2.0, 1.0, 1.0):
             if agree.sum() < 3:
@@ -331,7 +338,9 @@ def verify_geometry(image_id: int, entry: ReferenceEntry, query: Features, ref_r
         if similar is not None and mask is not None and mask.sum() >= config.similarity_min_inliers:
             found = _checked(image_id, entry, np.vstack([similar, [0.0, 0.0, 1.0]]), mask.ravel().astype(bool),
                              ref_xy, query_xy, query_rows, matches, photo_area, config)
-            found = None if found is None else replace(found, similarity_only=True)
+            # inliers at two places are any two matches a similarity can join: evidence needs a third
+            found = (None if found is None or found.distinct_inliers < config.similarity_min_inliers
+                     else replace(found, similarity_only=True))
     return _failed(image_id, matches) if found is None else found
 
 
