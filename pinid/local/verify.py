@@ -55,10 +55,11 @@ class VerifyConfig(Config):
     # 2.0 let other pins come closer; 1.2 leaves room for the casts of real lights
     max_illumination_tint: float = 1.2
     # 1: where the inliers fit no sane affine map, try a similarity (rotation, scale, place) on the same matches,
-    # and keep it when the photo's edges follow the reference's (similarity_min_structure) with at least
-    # similarity_min_inliers inliers at as many distinct places. Given each photo's true images directly, 48 of 300 full-benchmark photos
-    # (seed 2) had 4 or more inliers on an insane affine map; a similarity with the structure above 0.3 aligned
-    # 13 of them. In the whole pipeline (400 photos, seed 1) the true pin aligned for 0.511 against 0.495
+    # and keep it when the photo's edges follow the reference's (similarity_min_structure) with inliers at
+    # similarity_min_inliers distinct places or more. Given each photo's true images directly, 48 of 300
+    # full-benchmark photos (seed 2) had 4 or more inliers on an insane affine map; a similarity with the
+    # structure above 0.3 aligned 13 of them. In the whole pipeline (400 photos, seed 1) the true pin aligned
+    # for 0.511 against 0.495
     similarity_fallback: int = 1
     similarity_min_inliers: int = 3
     similarity_min_structure: float = 0.3
@@ -584,5 +585,5 @@ def verify(query: Features, photo_lab: np.ndarray, candidates: list[tuple[int, R
 
 
 __all__ = ["Verification", "VerifyConfig", "verify", "match_all", "verify_geometry", "seeded_affine",
-           "colour_distance", "aligned_thumbnail", "structure_agreement", "dense_checks", "with_dense_checks", "LabPyramid",
-           "quick_inliers", "hough_filter", "colour_regions"]
+           "colour_distance", "aligned_thumbnail", "structure_agreement", "dense_checks", "with_dense_checks",
+           "LabPyramid", "quick_inliers", "hough_filter", "colour_regions"]
