@@ -231,12 +231,10 @@ def seeded_affine(query_kp: np.ndarray, ref_kp: np.ndarray, threshold: float, *,
     query, reference = np.asarray(query_kp, np.float64), np.asarray(ref_kp, np.float64)
     query_xy, ref_xy = query[:, :2], reference[:, :2]
     followers, _ = _match_similarities(query, reference, loose * threshold)
-    best: tuple[int, np.ndarray | None, np.ndarray] = (0, None, np.zeros(count, bool))
     support = followers.sum(axis=1)
     chosen = np.argsort(-support, kind="stable")[:seeds]
     chosen = chosen[support[chosen] >= 3]  # fewer followers fix no affine map
-    if not len(chosen):
-        return None, best[2]
+    best: tuple[int, np.ndarray | None, np.ndarray] = (0, None, np.zeros(count, bool))
     # proposals of one group of right matches have the same followers: refine each set of followers once
     _, first = np.unique(np.packbits(followers[chosen], axis=1), axis=0, return_index=True)
     for seed in chosen[np.sort(first)]:

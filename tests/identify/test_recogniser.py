@@ -124,7 +124,6 @@ def test_colourways_of_one_design_share_one_alignment_and_colour_decides(parts) 
     assert right.verification.colour_distance + 10 < plain.verification.colour_distance
     assert ranked[0].image_id == 2
     # on a board two colourways may lie side by side: each keeps its own alignment there
-    store, vocabulary, table = parts
     rec = recogniser(parts)
     lab = np.zeros((8, 8, 3), np.uint8)
     own = [dataclasses.replace(plain.verification, image_id=1, distinct_inliers=9),
