@@ -237,7 +237,8 @@ def vote_pairs(features: ListingFeatures, config: LocalDedupConfig = LocalDedupC
     count = len(features)
     vote_config = VoteConfig(background_image_rank=config.background_rank,
                              neighbours_per_descriptor=max(16, 3 * config.background_rank),
-                             inverted_lists_probed=config.inverted_lists_probed)
+                             inverted_lists_probed=config.inverted_lists_probed,
+                             translation_bin_share=0.0)  # listings' keypoints are in pixels, not a pin's frame
     # the vote's memory budget (1 GB) caps each listing's share: 149 descriptors each at 100,000 listings
     cap = min(config.vote_features, vote_descriptors_per_image(vote_config, count) or config.vote_features)
     sizes = np.zeros(count, np.int64)

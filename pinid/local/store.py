@@ -114,11 +114,11 @@ class _Part:
                                      or images[:, 3].max() >= len(geometry)))):
             self.close()
             raise IndexFormatError("local feature arrays disagree in shape")
-        self.size_angle = np.ascontiguousarray(keypoints[:, 2:4], dtype=np.float16)  # 4 bytes a row
         order = np.argsort(images[:, 1], kind="stable")
         self.images = images[order, :3]
         self.positions = images[order, 3]  # row of geometry/colour for each image in self.images
         self.geometry = np.asarray(geometry, dtype=np.float32)
+        self.vote_frame = _pin_frame(np.asarray(keypoints, dtype=np.float32), self.images, self.geometry[self.positions])
         self.base = base
         self.rows = rows
 
@@ -137,9 +137,25 @@ class _Part:
         return np.where(live, self.images[slot_safe, 0], -1)
 
 
+def _pin_frame(keypoints: np.ndarray, images: np.ndarray, geometry: np.ndarray) -> np.ndarray:
+    """Each row's keypoint in its pin's frame, as the vote needs it (8 bytes a row): position from the pin
+    box's centre and size, both in units of the box's long side, and angle (rows no image owns stay 0)."""
+    frame = np.zeros((len(keypoints), 4), np.float32)
+    for (_, start, end), (width, height, x0, y0, x1, y1) in zip(images.tolist(), geometry.tolist()):
+        if x1 <= x0 or y1 <= y0:  # no pin box: the whole image is the pin
+            x0, y0, x1, y1 = 0.0, 0.0, width, height
+        long_side = max(x1 - x0, y1 - y0, 1.0)
+        points = keypoints[start:end]
+        frame[start:end, 0] = (points[:, 0] - 0.5 * (x0 + x1)) / long_side
+        frame[start:end, 1] = (points[:, 1] - 0.5 * (y0 + y1)) / long_side
+        frame[start:end, 2] = points[:, 2] / long_side
+        frame[start:end, 3] = points[:, 3]
+    return frame.astype(np.float16)
+
+
 class _Gathered:
     """A read-only view over all segments by global row (any index shape): the owning image of each row
-    (``pick="image"``), or its keypoint as the vote needs it (``pick="vote"``: x and y 0, size and angle)."""
+    (``pick="image"``), or its keypoint as the vote needs it (``pick="vote"``: in its pin's frame, ``_pin_frame``)."""
 
     def __init__(self, parts: Sequence[_Part], pick: str) -> None:
         self._parts = parts
@@ -166,17 +182,18 @@ class _Gathered:
             if self._pick == "image":
                 out[mask] = part.image_of_rows(local)
             else:
-                out[mask, 2:4] = part.size_angle[local]
+                out[mask] = part.vote_frame[local]
         return out.reshape(rows.shape) if self._pick == "image" else out.reshape(*rows.shape, 4)
 
 
 class LocalStore:
     """All live reference entries of an index, read on demand from its ``local/`` segments.
 
-    ``vote_keypoints`` (size and angle; x and y are 0) and ``row_image`` are
+    ``vote_keypoints`` (in the pin's frame: position from the pin box's centre
+    and size in units of its long side, and angle) and ``row_image`` are
     indexed by global row (what the vocabulary returns); ``row_image`` gives -1
-    for a dead row. In memory: the per-image tables and 4 bytes a row for the
-    vote's sizes and angles; features and colours are read (``pread``) per entry.
+    for a dead row. In memory: the per-image tables and 8 bytes a row for the
+    vote's keypoints; features and colours are read (``pread``) per entry.
     """
 
     def __init__(self, parts: list[_Part], segments: list[Segment]) -> None:

@@ -118,6 +118,15 @@ class Vocabulary:
                 joined.add_shard(shard)
             self._joined = joined
 
+    @property
+    def probes(self) -> int:
+        """Inverted lists scanned per lookup (what ``VoteConfig.inverted_lists_probed`` set at load)."""
+        return int(self._parameters.nprobe)
+
+    @probes.setter
+    def probes(self, count: int) -> None:
+        self._parameters.nprobe = int(count)
+
     def exclude(self, rows: np.ndarray) -> None:
         """Leave these global rows (of removed images) out of every search from now on."""
         import faiss

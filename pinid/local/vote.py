@@ -6,7 +6,8 @@ once per image, for its nearest neighbour there, with weight ``1 - d / d_next``
 (``d_next``: distance of the nearest neighbour in the next other image, a
 ratio test across images). Descriptors shared by many images (plain enamel
 edges) thus vote little, distinctive ones a lot. Votes must also agree on the
-rotation and scale change (weak geometric consistency).
+pin's pose: its turn, its size and where its centre lies in the photo (a
+Hough transform over each image's matches).
 
 Measured on 100 single-pin photos of the full benchmark (2,295 pins):
 true pin in the top 50 for 0.34 of photos with plain votes, 0.36 with the
@@ -41,17 +42,26 @@ from .features import DESCRIPTOR_DIMS
 class VoteConfig(Config):
     """How the vocabulary is searched and how votes are counted."""
 
-    neighbours_per_descriptor: int = 16  # reference descriptors looked up per query descriptor
-    # the distinct image whose distance is the background: a descriptor votes for each nearer image. Once the
-    # cheap check sorted the first 150 (pinid.identify.recogniser._screen), 4 put the true image among the first
-    # 60 tries for 0.48 / 0.53 of 200 full-benchmark photos (seeds 2 / 5) against 0.44 / 0.46 at 1 (1 votes for
-    # the nearest image only; before that check, 80 photos had ranked 1 best: r@10 0.24, 4: 0.21, 8: 0.17)
-    background_image_rank: int = 4
-    inverted_lists_probed: int = 16  # of an inverted-file vocabulary, per lookup
+    # reference descriptors looked up per query descriptor, and the distinct image whose distance is the
+    # background (a descriptor votes for each nearer image). With bins of position, on 300 full-benchmark photos
+    # (seed 2) the true image was among the vote's first 50 / 150 for 0.533 / 0.617 at 64 and 16, 0.553 / 0.640
+    # at 64 and 32, as at 128 and 32; 0.497 / 0.597 at 64 and 16 without position. Without position, once the
+    # cheap check sorted the first 150 (pinid.identify.recogniser._screen), 16 and 4 had put the true image among
+    # the first 60 tries for 0.48 / 0.53 of 200 photos (seeds 2 / 5) against 0.44 / 0.46 at 16 and 1
+    neighbours_per_descriptor: int = 64
+    background_image_rank: int = 32
+    # width of a bin of the pin's predicted centre, as a share of its predicted long side (0: rotation and scale
+    # change only, weak geometric consistency). At 64 and 16: first 50 / 150 0.533 / 0.617 at 0.25, 0.527 /
+    # 0.617 at 0.15, 0.480 / 0.550 at 0.5 (100 photos)
+    translation_bin_share: float = 0.25
+    # of an inverted-file vocabulary, per lookup: with the settings above 8 put the true image among 300
+    # full-benchmark photos' tries for 0.710 against 0.693 at 16 (first 0.573 / 0.577), in 28 ms a search of
+    # 870 descriptors against 40
+    inverted_lists_probed: int = 8
     exact_search_max_descriptors: int = 60_000  # up to this many a flat scan is fast and needs no training
     max_inverted_lists: int = 4096
     rotation_bins: int = 8  # 45 degrees each
-    scale_bins: int = 12
+    scale_bins: int = 12  # of the scale change, or with position bins of the long side in the photo (1 px up)
     scale_bin_octaves: float = 1.0
     vocabulary_budget_mb: int = 1024  # vocabulary memory; above it each image keeps an even spread of its rows
     vote_descriptors_per_image: int = 0  # a fixed cap per image instead (0: as the budget allows)
@@ -64,6 +74,7 @@ class VoteConfig(Config):
         check(self.background_image_rank >= 0, "background_image_rank must be at least 0")
         check(self.exact_search_max_descriptors >= 0, "exact_search_max_descriptors must be at least 0")
         check(self.scale_bin_octaves > 0, "scale_bin_octaves must be above 0")
+        check(self.translation_bin_share >= 0, "translation_bin_share must be at least 0 (0: no position bins)")
         check(self.vocabulary_budget_mb >= 0, "vocabulary_budget_mb must be at least 0 (0: no budget)")
         check(self.vote_descriptors_per_image >= 0, "vote_descriptors_per_image must be at least 0 (0: all)")
         check(self.vote_query_descriptors >= 0, "vote_query_descriptors must be at least 0 (0: all)")
@@ -176,6 +187,11 @@ def train_vocabulary(descriptors: np.ndarray, seed: int = 0, *, config: VoteConf
     quantiser = faiss.IndexFlatL2(DESCRIPTOR_DIMS)
     index = faiss.IndexIVFScalarQuantizer(quantiser, DESCRIPTOR_DIMS, lists, faiss.ScalarQuantizer.QT_8bit_direct,
                                           faiss.METRIC_L2)
+    # the codes themselves, not their offsets from the list's centre: 8-bit direct coding stores bytes, and
+    # an offset (negative half the time) does not fit one. Coded by offset (FAISS's default, and pinid's before
+    # this was set), the true image was among the vote's first 50 / 150 for 0.567 / 0.647 of 300
+    # full-benchmark photos, against 0.607 / 0.677 stored exactly (8 lists probed; scripts/probe_stages.py)
+    index.by_residual = False
     # FAISS wants >= 39 training points per list (and says so on stderr otherwise)
     sample = data[np.random.default_rng(seed).permutation(len(data))[:40 * lists]]
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
@@ -232,10 +248,15 @@ def ballot(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_key
     """Every image that got a vote, best first, with the matches behind its votes.
 
     Keypoints (n, 4: x, y, size, angle) of the query and of every reference
-    row let votes be checked for weak geometric consistency (Jegou et
-    al. 2008): the votes for an image count only within its most popular bin of
-    rotation and scale change, since a pin seen in a photo turns and scales as
-    one piece while chance neighbours scatter.
+    row let votes be checked for geometric consistency: the votes for an image
+    count only within its most popular bin of pose, since a pin seen in a
+    photo turns, scales and moves as one piece while chance neighbours scatter.
+    With ``translation_bin_share`` (a Hough transform, Lowe 2004) each match
+    predicts where the pin's centre lies in the photo, how large the pin is
+    and how it is turned; reference keypoints must then be in their pin's
+    frame (position from the pin box's centre and size, in units of the box's
+    long side: ``LocalStore.vote_keypoints``). Without it only the rotation and
+    the scale change are binned (weak geometric consistency, Jegou et al. 2008).
     """
     if len(descriptors) == 0 or index.ntotal == 0:
         return Ballot.empty()
@@ -262,20 +283,57 @@ def ballot(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_key
     query = query_keypoints[np.nonzero(chosen)[0]]
     rotation_bins, scale_bins = config.rotation_bins, config.scale_bins
     turn = ((query[:, 3] - reference[:, 3]) % 360.0 // (360.0 / rotation_bins)).astype(np.int64)
-    scale = np.clip(np.floor(np.log2(np.maximum(query[:, 2], 1e-3) / np.maximum(reference[:, 2], 1e-3))
-                             / config.scale_bin_octaves) + scale_bins // 2, 0, scale_bins - 1).astype(np.int64)
-    keys = (chosen_images * rotation_bins + turn) * scale_bins + scale
+    # the scale change, or with positions the pin's long side in the photo (reference sizes are shares of it)
+    log_size = np.log2(np.maximum(query[:, 2], 1e-3) / np.maximum(reference[:, 2], 1e-6)) / config.scale_bin_octaves
+    match_rows = np.arange(len(query))
+    pose_keys = scale_bins * 4 * _POSITION_BINS ** 2  # (scale, grid, row, column) keys per (image, rotation)
+    if config.translation_bin_share:
+        scale = np.clip(np.floor(log_size), 0, scale_bins - 1).astype(np.int64)
+        keys, match_rows = _pose_keys(query, reference, log_size, scale, config)
+        keys = (np.tile(chosen_images, 4) * rotation_bins + np.tile(turn, 4)) * pose_keys + keys
+    else:
+        scale = np.clip(np.floor(log_size) + scale_bins // 2, 0, scale_bins - 1).astype(np.int64)
+        keys = (chosen_images * rotation_bins + turn) * pose_keys + scale
     unique_keys, inverse = np.unique(keys, return_inverse=True)
-    bin_totals = np.bincount(inverse, weights=chosen_weights)
-    unique_images, image_of_bin = np.unique(unique_keys // (rotation_bins * scale_bins), return_inverse=True)
+    bin_totals = np.bincount(inverse, weights=chosen_weights[match_rows])
+    unique_images, image_of_bin = np.unique(unique_keys // (rotation_bins * pose_keys), return_inverse=True)
     totals = np.zeros(len(unique_images))
     np.maximum.at(totals, image_of_bin, bin_totals)
     # each image's winning bin (the first of equal ones) and the matches that voted in it
     winner = np.full(len(unique_images), -1, np.int64)
     best_bins = np.flatnonzero(bin_totals == totals[image_of_bin])
     winner[image_of_bin[best_bins[::-1]]] = best_bins[::-1]
-    in_winner = winner[image_of_bin[inverse]] == inverse
+    in_winner = match_rows[winner[image_of_bin[inverse]] == inverse]  # a match is in at most one winning bin
     totals = totals.astype(np.float32)
     ranking = np.argsort(-totals, kind="stable")
     return Ballot(unique_images[ranking], totals[ranking], np.nonzero(chosen)[0][in_winner],
                   rows[chosen][in_winner].astype(np.int64), chosen_images[in_winner].astype(np.int64))
+
+
+_POSITION_BINS = 1 << 12  # per axis (centres beyond are clipped): 1,400 px over the smallest bin, 0.35 px
+
+
+def _pose_keys(query: np.ndarray, reference: np.ndarray, log_size: np.ndarray, scale: np.ndarray,
+               config: VoteConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Each match's (scale, centre position) bin keys in four grids offset by half a bin (so that a pin
+    whose centre falls near a bin edge still has all its matches in one), and the match of each key.
+
+    A match predicts the pin's long side in the photo (``2 ** log_size``) and,
+    by turning and scaling its reference keypoint's offset from the pin's
+    centre, where that centre lies. Bins are ``translation_bin_share`` of the
+    long side at the centre of the match's scale bin wide.
+    """
+    size = np.exp2(log_size * config.scale_bin_octaves)
+    angle = np.deg2rad(query[:, 3] - reference[:, 3])
+    cos, sin = np.cos(angle), np.sin(angle)
+    centre_x = query[:, 0] - size * (cos * reference[:, 0] - sin * reference[:, 1])
+    centre_y = query[:, 1] - size * (sin * reference[:, 0] + cos * reference[:, 1])
+    width = config.translation_bin_share * np.exp2((scale + 0.5) * config.scale_bin_octaves)
+    keys = []
+    for shift_x, shift_y in ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5)):
+        column = np.clip(np.floor(centre_x / width + shift_x), -_POSITION_BINS // 2, _POSITION_BINS // 2 - 1)
+        row = np.clip(np.floor(centre_y / width + shift_y), -_POSITION_BINS // 2, _POSITION_BINS // 2 - 1)
+        grid = int(2 * shift_y + 4 * shift_x)  # 0..3: bins of different grids never share a key
+        keys.append(((scale * 4 + grid) * _POSITION_BINS + (row.astype(np.int64) + _POSITION_BINS // 2))
+                    * _POSITION_BINS + (column.astype(np.int64) + _POSITION_BINS // 2))
+    return np.concatenate(keys), np.tile(np.arange(len(query)), 4)

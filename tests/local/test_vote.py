@@ -108,7 +108,7 @@ def test_vote_positions_budget_each_image_alike() -> None:
     assert vote_positions(keypoints, row_images, VoteConfig(), 3).tolist() == list(range(14))  # within budget
 
 
-def test_the_store_gives_the_vote_sizes_and_angles_from_memory_and_entries_by_reading(tmp_path) -> None:
+def test_the_store_gives_the_vote_keypoints_in_the_pins_frame_from_memory_and_entries_by_reading(tmp_path) -> None:
     import gc
     import os as os_module
 
@@ -135,9 +135,14 @@ def test_the_store_gives_the_vote_sizes_and_angles_from_memory_and_entries_by_re
     assert not any(isinstance(value, np.memmap) for value in vars(store).values())
     rows = np.array([[0, len(entries[0].features)]])  # the first row of each image
     got = store.vote_keypoints[rows]
-    assert got.shape == (1, 2, 4) and (got[..., :2] == 0).all()
-    expected = [entries[0].features.keypoints[0, 2:4], entries[1].features.keypoints[0, 2:4]]
-    np.testing.assert_allclose(got[0, :, 2:4], np.float16(expected), rtol=1e-3)
+    assert got.shape == (1, 2, 4)
+    for found, entry in zip(got[0], entries):  # from the pin box's centre, in units of its long side
+        x0, y0, x1, y1 = entry.pin_box
+        long_side = max(x1 - x0, y1 - y0)
+        x, y, size, angle = entry.features.keypoints[0]
+        expected = [(x - (x0 + x1) / 2) / long_side, (y - (y0 + y1) / 2) / long_side, size / long_side, angle]
+        np.testing.assert_allclose(found, expected, rtol=2e-3, atol=2e-3)
+        assert abs(found[0]) <= 0.75 and abs(found[1]) <= 0.75
     again = store.entry(9)
     assert np.array_equal(again.features.descriptors, entries[1].features.descriptors)
     assert np.array_equal(again.colour, entries[1].colour)
@@ -162,3 +167,50 @@ def test_a_ballot_keeps_the_matches_that_voted_in_each_images_winning_bin() -> N
     assert by_image == {7: [0, 1, 2], 9: [3, 4]}  # the 180-degree match voted outside 9's winning bin
     assert sorted(found.reference_rows[found.match_images == 7].tolist()) == [0, 1, 2]
     assert found.totals.dtype == np.float32 and len(found.query_rows) == len(found.reference_rows)
+
+
+def test_position_bins_keep_only_matches_that_put_the_pin_in_one_place() -> None:
+    from pinid.local.vote import VoteConfig, ballot
+
+    rng = np.random.default_rng(5)
+    offsets = np.array([[-0.3, -0.2], [0.25, -0.1], [0.0, 0.3], [0.35, 0.35], [-0.2, 0.1]])
+    references = rng.integers(0, 256, (10, DESCRIPTOR_DIMS)).astype(np.uint8)
+    row_image = np.repeat([7, 9], 5)
+    # in the pin's frame: offset from its centre and size in units of its long side; angle in degrees
+    reference_keypoints = np.c_[np.tile(offsets, (2, 1)), np.full(10, 0.02), np.full(10, 10.0)].astype(np.float32)
+    turn, long_side, centre = np.deg2rad(30.0), 200.0, np.array([300.0, 220.0])
+    rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    placed = centre + long_side * offsets @ rotation.T  # image 7: one pin, turned 30 degrees, 200 px long
+    scattered = np.array([[40.0, 900.0], [700.0, 60.0], [950.0, 950.0], [80.0, 80.0], [500.0, 600.0]])
+    query_keypoints = np.c_[np.r_[placed, scattered], np.full(10, 0.02 * long_side), np.full(10, 40.0)]
+    query_keypoints = query_keypoints.astype(np.float32)  # image 9: the same turn and size, anywhere
+    vocabulary = build_vocabulary(references)
+
+    def winning(config: VoteConfig) -> dict[int, int]:
+        found = ballot(vocabulary, row_image, references, query_keypoints, reference_keypoints, config=config)
+        return {image: int((found.match_images == image).sum()) for image in (7, 9)}
+
+    assert VoteConfig().translation_bin_share > 0
+    assert winning(VoteConfig()) == {7: 5, 9: 1}
+    assert winning(VoteConfig(translation_bin_share=0.0))[9] >= 5  # turn and size alone: all five agree
+
+
+def test_an_inverted_vocabulary_searched_over_every_list_is_exact_and_its_probe_count_can_change() -> None:
+    """Codes are stored as they are: coded as offsets from their list's centre (FAISS's default), 8-bit
+    direct codes clip and even every list searched misses true neighbours."""
+    from pinid.local.vocabulary import Vocabulary
+    from pinid.local.vote import VoteConfig
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, (4000, DESCRIPTOR_DIMS)).astype(np.uint8)
+    shard = build_vocabulary(data, config=VoteConfig(exact_search_max_descriptors=0))  # an inverted file
+    # photo codes are uint8 as the vocabulary's are (8-bit direct coding reads a query's values as bytes)
+    queries = np.clip(np.round(data[:200] + rng.normal(0, 20, (200, DESCRIPTOR_DIMS))), 0, 255).astype(np.float32)
+    exact = np.argmin(((queries[:, None, :] - data[None].astype(np.float32)) ** 2).sum(axis=2), axis=1)
+    vocabulary = Vocabulary([shard], probes=1)
+    assert vocabulary.probes == 1
+    _, one_list = vocabulary.search(queries, 1)
+    vocabulary.probes = shard.nlist  # every list: exact
+    _, every_list = vocabulary.search(queries, 1)
+    assert vocabulary.probes == shard.nlist
+    assert (every_list[:, 0] == exact).all() and (one_list[:, 0] != exact).any()
