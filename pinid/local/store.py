@@ -88,8 +88,8 @@ class _File:
 
 
 class _Part:
-    """One loaded segment: its big arrays read on demand, sizes and angles of its rows (for the vote) and its
-    live images (sorted by first row) in memory."""
+    """One loaded segment: its big arrays read on demand; in memory, its rows' keypoints in their pin's frame
+    (for the vote) and its live images (sorted by first row)."""
 
     def __init__(self, folder: Path, base: int) -> None:
         self.files: list[_File] = []
@@ -118,7 +118,8 @@ class _Part:
         self.images = images[order, :3]
         self.positions = images[order, 3]  # row of geometry/colour for each image in self.images
         self.geometry = np.asarray(geometry, dtype=np.float32)
-        self.vote_frame = _pin_frame(np.asarray(keypoints, dtype=np.float32), self.images, self.geometry[self.positions])
+        self.vote_frame = _pin_frame(np.asarray(keypoints, dtype=np.float32), self.images,
+                                     self.geometry[self.positions])
         self.base = base
         self.rows = rows
 

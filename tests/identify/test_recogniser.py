@@ -139,7 +139,8 @@ def test_strict_verification_aligns_nothing(parts) -> None:
     ranked, _ = strict.candidates(photo_of(pin(5)))
     assert ranked and not any(c.aligned for c in ranked)
     answer = strict.identify(photo_of(pin(5)))
-    assert answer.unknown and answer.confidence < 0.05  # the shipped calibration gives the vote alone a little weight
+    # the shipped calibration gives the vote alone a little weight (7 % for the leading vote, with the vote by pose)
+    assert answer.unknown and answer.confidence < 0.1
     assert strict.find_all(photo_of(pin(5))) == []
 
 
@@ -169,7 +170,7 @@ def test_unaligned_candidates_are_ranked_by_clip_and_a_clear_clip_leader_is_the_
     assert close.confidence < answer.confidence and close.unknown
     # a calibration that learned nothing from CLIP (the shipped one: local features only) says unknown
     shipped = Recogniser(store, vocabulary, table, default_calibration(), strict).identify(photo, clip)
-    assert shipped.unknown and shipped.confidence < 0.05
+    assert shipped.unknown and shipped.confidence < 0.1
 
 
 def test_an_aligned_candidate_with_strong_geometry_beats_a_clip_leader(parts) -> None:
