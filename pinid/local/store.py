@@ -141,17 +141,23 @@ class _Part:
 def _pin_frame(keypoints: np.ndarray, images: np.ndarray, geometry: np.ndarray) -> np.ndarray:
     """Each row's keypoint in its pin's frame, as the vote needs it (8 bytes a row): position from the pin
     box's centre and size, both in units of the box's long side, and angle (rows no image owns stay 0)."""
-    frame = np.zeros((len(keypoints), 4), np.float32)
-    for (_, start, end), (width, height, x0, y0, x1, y1) in zip(images.tolist(), geometry.tolist()):
-        if x1 <= x0 or y1 <= y0:  # no pin box: the whole image is the pin
-            x0, y0, x1, y1 = 0.0, 0.0, width, height
-        long_side = max(x1 - x0, y1 - y0, 1.0)
-        points = keypoints[start:end]
-        frame[start:end, 0] = (points[:, 0] - 0.5 * (x0 + x1)) / long_side
-        frame[start:end, 1] = (points[:, 1] - 0.5 * (y0 + y1)) / long_side
-        frame[start:end, 2] = points[:, 2] / long_side
-        frame[start:end, 3] = points[:, 3]
-    return frame.astype(np.float16)
+    frame = np.zeros((len(keypoints), 4), np.float16)
+    if not len(images):
+        return frame
+    width, height, x0, y0, x1, y1 = (np.asarray(column, np.float32) for column in geometry.T)
+    no_box = (x1 <= x0) | (y1 <= y0)  # no pin box: the whole image is the pin
+    x0, y0 = np.where(no_box, 0.0, x0), np.where(no_box, 0.0, y0)
+    x1, y1 = np.where(no_box, width, x1), np.where(no_box, height, y1)
+    long_side = np.maximum(np.maximum(x1 - x0, y1 - y0), 1.0)
+    counts = images[:, 2] - images[:, 1]
+    rows = np.repeat(images[:, 1] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+    owner = np.repeat(np.arange(len(images)), counts)  # each row's image (its place in ``images``)
+    points = keypoints[rows]
+    frame[rows, 0] = (points[:, 0] - 0.5 * (x0 + x1)[owner]) / long_side[owner]
+    frame[rows, 1] = (points[:, 1] - 0.5 * (y0 + y1)[owner]) / long_side[owner]
+    frame[rows, 2] = points[:, 2] / long_side[owner]
+    frame[rows, 3] = points[:, 3]
+    return frame
 
 
 class _Gathered:
