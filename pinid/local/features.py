@@ -107,12 +107,18 @@ class FeatureConfig(Config):
 
 @dataclass(frozen=True)
 class Features:
-    """Keypoints (n, 4: x, y, size, angle) and uint8 PCA-RootSIFT codes (n, DESCRIPTOR_DIMS) of one image."""
+    """Keypoints (n, 4: x, y, size, angle) and uint8 PCA-RootSIFT codes (n, DESCRIPTOR_DIMS) of one image.
+
+    ``inverted``, where asked for (a photo's, ``query_feature_pair``), holds each keypoint's codes as they
+    would be were the image's light and dark swapped (``INVERTED_BINS``): what a raised metal line that turned
+    from dark to light looks like to SIFT.
+    """
 
     keypoints: np.ndarray
     descriptors: np.ndarray
     width: int
     height: int
+    inverted: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keypoints)
@@ -212,7 +218,7 @@ def query_features(image: Image.Image, *, board: bool = False, config: FeatureCo
 
 
 def query_feature_pair(image: Image.Image, *, board: bool = False, config: FeatureConfig = FeatureConfig(),
-                       mirrored: bool = True) -> tuple[Features, Features | None]:
+                       mirrored: bool = True, inverted: bool = False) -> tuple[Features, Features | None]:
     """Features of a photo, and (``mirrored``) those of its left-right mirror image, from one SIFT run.
 
     Front cameras and some listing sites mirror photos. SIFT is mirror-
@@ -236,7 +242,8 @@ def query_feature_pair(image: Image.Image, *, board: bool = False, config: Featu
     points, descriptors, octaves = points[keep], descriptors[keep], octaves[keep]
     seen = points.copy()
     seen[:, :3] /= scale
-    upright = Features(seen, encode_descriptors(descriptors), image.width, image.height)
+    upright = Features(seen, encode_descriptors(descriptors), image.width, image.height,
+                       encode_descriptors(descriptors[:, INVERTED_BINS]) if inverted else None)
     if not mirrored:
         return upright, None
     flipped = points.copy()
@@ -247,7 +254,8 @@ def query_feature_pair(image: Image.Image, *, board: bool = False, config: Featu
     mirrored_descriptors = (_mirror_descriptors(grey, flipped, octaves, descriptors, config.sift_contrast_threshold)
                             if config.computed_mirror_descriptors else descriptors[:, MIRROR_BINS])
     flipped[:, :3] /= scale
-    return upright, Features(flipped, encode_descriptors(mirrored_descriptors), image.width, image.height)
+    return upright, Features(flipped, encode_descriptors(mirrored_descriptors), image.width, image.height,
+                             encode_descriptors(mirrored_descriptors[:, INVERTED_BINS]) if inverted else None)
 
 
 def spread_strongest(points: np.ndarray, responses: np.ndarray, limit: int, shape: tuple[int, ...],
@@ -281,6 +289,17 @@ def _mirror_bins() -> np.ndarray:
 
 
 MIRROR_BINS = _mirror_bins()
+
+
+def _inverted_bins() -> np.ndarray:
+    """Where each of SIFT's 128 bins moves when the image's light and dark are swapped: every gradient turns
+    round, and so does the keypoint's direction (its angle + 180 degrees), so orientations keep their bins
+    relative to it while the 4 x 4 grid turns half round (checked against OpenCV's descriptors of inverted
+    images in tests/local/test_features.py)."""
+    return np.ascontiguousarray(np.arange(128).reshape(4, 4, 8)[::-1, ::-1].reshape(-1))
+
+
+INVERTED_BINS = _inverted_bins()
 
 
 def _views(width: int, height: int, config: FeatureConfig) -> list[tuple[np.ndarray, int]]:

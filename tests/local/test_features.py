@@ -76,6 +76,29 @@ def test_mirror_bins_are_the_descriptors_of_the_mirrored_image() -> None:
     assert all(error(bins) > 0.5 for bins in others)
 
 
+def test_inverted_bins_are_the_descriptors_of_the_inverted_image() -> None:
+    # OpenCV's own descriptors of the image with light and dark swapped, at the same keypoints turned half round:
+    # INVERTED_BINS must reproduce them, and the other candidate permutations must not
+    import cv2
+
+    from pinid.local.features import INVERTED_BINS, MIRROR_BINS
+
+    grey = np.asarray(pin(5).convert("L"))
+    sift = cv2.SIFT_create(contrastThreshold=0.02)
+    keypoints, descriptors = sift.detectAndCompute(grey, None)
+    turned = [cv2.KeyPoint(k.pt[0], k.pt[1], k.size, (k.angle + 180.0) % 360.0, k.response, k.octave)
+              for k in keypoints]
+    _, expected = sift.compute(np.ascontiguousarray(255 - grey), turned)
+    grid = np.arange(128).reshape(4, 4, 8)
+    others = [np.arange(128), MIRROR_BINS, grid[::-1].reshape(-1), grid[:, :, (np.arange(8) + 4) % 8].reshape(-1)]
+
+    def error(bins: np.ndarray) -> float:
+        return float(np.abs(expected - descriptors[:, bins]).mean() / np.abs(expected).mean())
+
+    assert error(INVERTED_BINS) < 0.05
+    assert all(error(bins) > 0.5 for bins in others)
+
+
 def test_mirrored_features_describe_the_mirrored_photo() -> None:
     from PIL import ImageOps
 
