@@ -170,7 +170,8 @@ class Recogniser:
         clip = [(int(image_id), float(cosine)) for image_id, cosine in clip if int(image_id) not in excluded]
         work, back = working_copy(image, config.features.board_long_side_px if board
                                   else config.features.query_long_side_px)
-        features, mirror = query_feature_pair(work, board=board, config=config.features)
+        features, mirror = query_feature_pair(work, board=board, config=config.features,
+                                              inverted=config.verify.match_inverted > 0)
         votes, voted, mirrored = self._screen(features, mirror, excluded)
         clip_scores = dict(clip)
         # what to verify: (image, mirrored) pairs; an image no vote brought is tried in the likelier orientation
