@@ -66,8 +66,9 @@ class VerifyConfig(Config):
     # of the photo's keypoints (strongest first, as kept), how many also have their contrast-inverted codes
     # matched (Features.inverted; separately, each with its own ratio test; 0: none): raised metal lines turn from
     # dark to light between a studio shot and a photo. Given each photo's true images directly, 238 of 300
-    # full-benchmark photos (seed 2) aligned against 220; in the whole pipeline the true pin came first for
-    # 0.600 against 0.567 (README, "Contrast-inverted matches")
+    # full-benchmark photos (seed 2) aligned against 220 (every twin); in the whole pipeline the true pin came
+    # first for 0.610 against 0.567 with 750, 0.600 with every twin, which cost more time (README,
+    # "Contrast-inverted matches")
     match_inverted: int = 750
 
     def __post_init__(self) -> None:

@@ -50,7 +50,7 @@ def test_readme_ray_commands_run_as_typed(tmp_path: Path) -> None:
     assert (tmp_path / "examples" / "pinid-build-cache").is_dir()  # beside the index: what a rerun resumes from
     answer = _pinid("identify", "examples/photo.jpg", "-i", "examples/index", cwd=tmp_path)
     assert answer.returncode == 0, answer.stderr
-    assert "Red Heart (heart-gold), confidence 99%" in answer.stdout  # as without Ray (README)
+    assert "Red Heart (heart-gold), confidence >99%" in answer.stdout  # as without Ray (README)
     grouped = _pinid(*dedup.split()[1:], cwd=tmp_path)
     assert grouped.returncode == 0, grouped.stderr
     rows = list(csv.DictReader(io.StringIO(grouped.stdout)))
