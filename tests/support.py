@@ -91,11 +91,32 @@ def background(width: int = 720, height: int = 540, seed: int = 99) -> np.ndarra
     return cv2.GaussianBlur(cv2.resize(noise, (width, height), interpolation=cv2.INTER_NEAREST), (0, 0), 2)
 
 
-def place(canvas: np.ndarray, image: Image.Image, homography: np.ndarray) -> np.ndarray:
-    """Warp a product shot's pin area (not its backdrop) onto a photo."""
+def plain_pin(corners: list[tuple[int, int]], colour: tuple[int, int, int] = (200, 40, 50)
+              ) -> tuple[Image.Image, np.ndarray]:
+    """A product shot of a plain pin (one enamel field in a dark metal rim, the polygon ``corners`` in a
+    SIDE-pixel shot) and the mask of the pin: what keypoints find little on but its outline tells."""
+    shot = np.full((SIDE, SIDE, 3), (236, 236, 232), np.uint8)
+    outline = np.int32(corners).reshape(-1, 1, 2)
+    cv2.fillPoly(shot, [outline], colour)
+    cv2.polylines(shot, [outline], True, (70, 70, 74), 5, cv2.LINE_AA)
+    mask = np.zeros((SIDE, SIDE), np.uint8)
+    cv2.fillPoly(mask, [outline], 255)
+    cv2.polylines(mask, [outline], True, 255, 5)
+    return Image.fromarray(shot), mask
+
+
+#: corners of an asymmetric plain pin (a flag on a pole), and of a plain pin of another outline (a kite)
+FLAG = [(60, 40), (200, 40), (160, 100), (200, 160), (90, 160), (90, 220), (60, 220)]
+KITE = [(128, 30), (210, 110), (128, 226), (46, 110)]
+
+
+def place(canvas: np.ndarray, image: Image.Image, homography: np.ndarray, mask: np.ndarray | None = None
+          ) -> np.ndarray:
+    """Warp a product shot's pin area (``mask``; default: all but the backdrop's margin) onto a photo."""
     source = np.asarray(image)
-    mask = np.zeros(source.shape[:2], np.uint8)
-    mask[24:-24, 24:-24] = 255
+    if mask is None:
+        mask = np.zeros(source.shape[:2], np.uint8)
+        mask[24:-24, 24:-24] = 255
     size = (canvas.shape[1], canvas.shape[0])
     warped = cv2.warpPerspective(source, homography, size, flags=cv2.INTER_LINEAR)
     keep = cv2.warpPerspective(mask, homography, size, flags=cv2.INTER_NEAREST) > 0

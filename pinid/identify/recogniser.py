@@ -25,9 +25,10 @@ from ..errors import IndexFormatError
 from ..images import working_copy
 from ..local.config import Config, check, unknown_names
 from ..local.features import FeatureConfig, Features, query_feature_pair
-from ..local.glance import HISTOGRAM_DIMS, SHAPE_DIMS, GlanceIndex, reference_descriptors
+from ..local.glance import HISTOGRAM_DIMS, SHAPE_DIMS, GlanceIndex, photo_silhouette, reference_descriptors
 from ..local.store import LocalStore
-from ..local.verify import LabPyramid, Verification, VerifyConfig, dense_checks, quick_inliers, verify
+from ..local.verify import (LabPyramid, Verification, VerifyConfig, dense_checks, outline_alignment, quick_inliers,
+                            verify)
 from ..local.vote import Ballot, VoteConfig, ballot
 from ..results import Found, Identification, Match
 from .confidence import Calibration, candidate_features, sigmoid
@@ -55,6 +56,9 @@ class CandidateConfig(Config):
     # pinid.local.glance) before the rest of the vote; it finds plain pins that give the vote nothing
     glance_candidates: int = 10
     glance_mirrored_candidates: int = 10  # of the glance's finds, tried both ways round (on top of max_tries)
+    # of a single-pin photo, the glance's first finds that keypoints left unaligned get an outline alignment
+    # (pinid.local.verify.outline_alignment: plain pins give SIFT too little to match); 0: none
+    outline_candidates: int = 10
     # a single-pin photo whose first first_tries tries hold an alignment with sure_inliers distinct inliers or more
     # is not verified further (0: always every try). On 300 full-benchmark photos 12 answered as every try did
     # (first 0.410; one true pin fewer aligned) with p50 / p90 412 / 657 ms against 437 / 689 at 20. Once the
@@ -73,9 +77,10 @@ class CandidateConfig(Config):
               "max_tries and max_board_candidates must be at least 1")
         check(self.max_colourway_sources >= 0, "max_colourway_sources must be at least 0")
         check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.glance_candidates >= 0
-              and self.glance_mirrored_candidates >= 0 and self.first_tries >= 0 and self.sure_inliers >= 0,
-              "screened_candidates, screen_min_inliers, glance_candidates, glance_mirrored_candidates, first_tries "
-              "and sure_inliers must be at least 0")
+              and self.glance_mirrored_candidates >= 0 and self.first_tries >= 0 and self.sure_inliers >= 0
+              and self.outline_candidates >= 0,
+              "screened_candidates, screen_min_inliers, glance_candidates, glance_mirrored_candidates, first_tries, "
+              "sure_inliers and outline_candidates must be at least 0")
         check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
 
 
@@ -202,6 +207,8 @@ class Recogniser:
                                                for v in checked):
             checked += self._verify(tries[len(first):], features, mirror, lab)
         checked = _strongest_each(checked)
+        if similar is not None and config.candidates.outline_candidates:
+            checked = self._with_outlines(checked, similar, np.asarray(work), lab, excluded)
         order = [v.image_id for v in checked]
         checked, shared = self._with_colourways(checked, lab, excluded, single_pin=not board)
         order += [v.image_id for v in checked[len(order):]]
@@ -347,6 +354,31 @@ class Recogniser:
                     v = replace(v, homography=flip @ v.homography, polygon=polygon)
                 found[v.image_id, True] = v
         return [found[pair] for pair in tries]
+
+    def _with_outlines(self, checked: list[Verification], similar: np.ndarray, rgb: np.ndarray, lab: np.ndarray,
+                       excluded: frozenset[int]) -> list[Verification]:
+        """``checked`` with outline alignments for the glance's first finds that keypoints left unaligned
+        (replacing their failed verifications; those never tried come last)."""
+        aligned = {v.image_id for v in checked if v.aligned}
+        wanted = [image_id for image_id in self._glance(similar, self.config.candidates.outline_candidates, excluded)
+                  if image_id not in aligned and image_id in self.store]
+        photo = photo_silhouette(rgb) if wanted else None
+        if photo is None:
+            return checked
+        by_image = {v.image_id: v for v in checked}
+        pyramid = LabPyramid(lab)
+        photo_area = float(rgb.shape[0] * rgb.shape[1])
+        extra = []
+        for image_id in wanted:
+            found = outline_alignment(image_id, self.store.entry(image_id), photo, pyramid, photo_area,
+                                      config=self.config.verify)
+            if found is None:
+                continue
+            if image_id in by_image:
+                by_image[image_id] = found
+            else:
+                extra.append(found)
+        return [by_image[v.image_id] for v in checked] + extra
 
     def _with_colourways(self, checked: list[Verification], lab: np.ndarray, excluded: frozenset[int] = frozenset(),
                          *, single_pin: bool = False) -> tuple[list[Verification], dict[int, int]]:

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .silhouette import Silhouette, silhouette
+
 #: Histogram bins: lightness halves and a 16 x 16 grid of a* and b* over 64..192 (OpenCV's 8-bit Lab).
 LIGHTNESS_BINS, CHROMA_BINS = 2, 16
 HISTOGRAM_DIMS = LIGHTNESS_BINS * CHROMA_BINS * CHROMA_BINS
@@ -169,6 +171,18 @@ def salient_region(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     if int(region.sum()) < _MIN_PIXELS:
         return None
     return cv2.cvtColor(cv2.GaussianBlur(np.ascontiguousarray(small), (0, 0), 1), cv2.COLOR_RGB2LAB), region
+
+
+def photo_silhouette(rgb: np.ndarray) -> Silhouette | None:
+    """The silhouette (in ``rgb``'s pixels) of the photo's most salient region, or None when none stands out:
+    what an outline alignment (``pinid.local.verify.outline_alignment``) brings a reference's silhouette onto."""
+    found = salient_region(rgb)
+    if found is None:
+        return None
+    _, region = found
+    sx, sy = rgb.shape[1] / region.shape[1], rgb.shape[0] / region.shape[0]
+    # a reduced pixel i covers photo pixels [i * s, (i + 1) * s): its centre is at (i + 0.5) * s - 0.5
+    return silhouette(region, np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]]))
 
 
 def photo_descriptor(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -17,7 +17,7 @@ from pinid.local.features import FeatureConfig, reference_entry
 from pinid.local.store import LocalStore, Segment, write_local_store
 from pinid.local.verify import VerifyConfig
 from pinid.local.vote import Ballot, VoteConfig, build_vocabulary
-from tests.support import PERSPECTIVE, background, pin, place, recolour
+from tests.support import FLAG, KITE, PERSPECTIVE, SIDE, background, pin, place, plain_pin, recolour
 
 # image id -> (pin id, design, reference shot); pin-002-teal is a colourway of pin-002
 SHOTS = {0: ("pin-001", "d1", lambda: pin(1)), 1: ("pin-002", "d2", lambda: pin(2)),
@@ -331,6 +331,30 @@ def test_the_glance_brings_in_a_pin_the_vote_gave_nothing(parts, monkeypatch) ->
     assert [c.image_id for c in silent.candidates(photo, limit=5, exclude=[3])[0]] != [3]
     with pytest.raises(ValueError, match="glance_candidates"):
         CandidateConfig(glance_candidates=-1)
+
+
+def test_a_plain_pin_that_keypoints_cannot_align_is_identified_by_its_outline(tmp_path) -> None:
+    """A flag-shaped pin of one enamel field gives the vote and verification nothing; the glance brings it in
+    and its outline aligns it, as taken or mirrored. Without the outline step nothing aligns."""
+    shots = {0: plain_pin(FLAG)[0], 1: plain_pin(KITE, (40, 60, 200))[0], 2: pin(1)}
+    folder = tmp_path / "local"
+    descriptors = write_local_store(folder, ((i, reference_entry(shot)) for i, shot in shots.items()))
+    ids = np.array(sorted(shots), np.int64)
+    table = PinTable(ids, ids.copy(), {i: PinRow(f"pin-{i}", f"pin-{i}", {"design": f"d{i}"}) for i in shots},
+                     {i: f"pin-{i}.png" for i in shots})
+    parts = (LocalStore.load(folder, [Segment("000000", 0, len(descriptors))]), build_vocabulary(descriptors), table)
+    shot, mask = plain_pin(FLAG)
+    sheared = np.array([[0.74, -0.33, 300.0], [0.52, 0.21, 150.0], [0.0, 0.0, 1.0]])
+    mirror = np.array([[-1.0, 0.0, SIDE], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    for placed in (sheared, sheared @ mirror):
+        photo = Image.fromarray(place(np.full((540, 720, 3), (60, 120, 70), np.uint8), shot, placed, mask))
+        ranked, _ = recogniser(parts).candidates(photo)
+        assert ranked[0].image_id == 0 and ranked[0].aligned and ranked[0].verification.outline_only
+        assert not any(c.aligned for c in ranked if c.image_id == 1)  # the kite's outline is not the flag's
+        off = recogniser(parts, LocalConfig(candidates=CandidateConfig(outline_candidates=0)))
+        assert not any(c.aligned for c in off.candidates(photo)[0])
+    with pytest.raises(ValueError, match="outline_candidates"):
+        CandidateConfig(outline_candidates=-1)
 
 
 def test_glance_candidates_go_in_after_the_votes_first_four_fifths(parts, monkeypatch) -> None:

@@ -18,11 +18,13 @@ from pinid.evaluation.boards import polygon_iou
 from pinid.index import PinIndex
 from pinid.local.features import (DESCRIPTOR_DIMS, THUMBNAIL_SIDE, FeatureConfig, Features, encode_descriptors,
                                   query_features, reference_entry)
+from pinid.local.glance import photo_silhouette
 from pinid.local.verify import (LabPyramid, VerifyConfig, aligned_thumbnail, balance_illumination, colour_distance,
-                               hough_filter, seeded_affine, structure_agreement, verify, verify_geometry,
-                               with_dense_checks)
+                               hough_filter, outline_alignment, seeded_affine, structure_agreement, verify,
+                               verify_geometry, with_dense_checks)
 
-from tests.support import PERSPECTIVE, SIDE, background, pin, place, recolour, recolour_hsv
+from tests.support import (FLAG, KITE, PERSPECTIVE, SIDE, background, pin, place, plain_pin, recolour,
+                           recolour_hsv)
 
 
 
@@ -137,6 +139,37 @@ def test_inliers_in_a_thin_band_align_by_a_similarity_where_the_photo_confirms_i
     # a full alignment is never undone by the dense checks: they only measure it
     full = replace(found, similarity_only=False)
     assert with_dense_checks(full, entry, cv2.cvtColor(background(), cv2.COLOR_RGB2LAB)).aligned
+
+
+#: a plain pin's place in a photo: turned, sheared and reduced; and the same with the pin mirrored
+SHEARED = np.array([[0.74, -0.33, 300.0], [0.52, 0.21, 150.0], [0.0, 0.0, 1.0]])
+MIRRORED = SHEARED @ np.array([[-1.0, 0.0, SIDE], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("placed", [SHEARED, MIRRORED], ids=["as taken", "mirrored"])
+def test_a_plain_pin_that_keypoints_cannot_align_aligns_by_its_outline(placed: np.ndarray) -> None:
+    """One enamel field in a rim gives SIFT nothing to match; the outline brings the reference onto the
+    photo's pin, as taken or mirrored, and the photo's edges confirm it. Another outline is not confirmed."""
+    shot, mask = plain_pin(FLAG)
+    entry = reference_entry(shot)
+    photo = place(np.full((540, 720, 3), (60, 120, 70), np.uint8), shot, placed, mask)
+    lab = cv2.cvtColor(photo, cv2.COLOR_RGB2LAB)
+    area = float(photo.shape[0] * photo.shape[1])
+    assert not verify(query_features(Image.fromarray(photo)), lab, [(0, entry)])[0].aligned
+    seen = photo_silhouette(photo)
+    assert seen is not None
+    found = outline_alignment(7, entry, seen, lab, area)
+    assert found is not None and found.aligned and found.outline_only and found.image_id == 7
+    assert found.distinct_inliers == 0 and found.structure >= VerifyConfig().outline_min_structure
+    assert found.colour_distance < 10.0
+    expected = cv2.perspectiveTransform(entry.outline.reshape(-1, 1, 2), placed).reshape(-1, 2)
+    # within 20 px on a pin some 150 px across: the photo's pin is found at 256 px, turns in 5-degree steps
+    assert np.abs(found.polygon - expected).max() < 20.0
+    assert (np.linalg.det(found.homography[:2, :2]) < 0) == (placed is MIRRORED)
+    assert outline_alignment(8, reference_entry(plain_pin(KITE)[0]), seen, lab, area) is None
+    assert outline_alignment(7, entry, seen, lab, area, config=VerifyConfig(outline_min_structure=1.0)) is None
+    with pytest.raises(ValueError, match="outline_min_structure"):
+        VerifyConfig(outline_min_structure=1.5)
 
 
 def test_seeded_affine_finds_a_few_true_matches_among_many_wrong_ones() -> None:
