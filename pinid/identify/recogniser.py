@@ -25,7 +25,9 @@ from ..errors import IndexFormatError
 from ..images import working_copy
 from ..local.config import Config, check, unknown_names
 from ..local.features import FeatureConfig, Features, query_feature_pair
-from ..local.glance import HISTOGRAM_DIMS, SHAPE_DIMS, GlanceIndex, photo_silhouette, reference_descriptors
+from ..local.glance import (HISTOGRAM_DIMS, SHAPE_DIMS, GlanceIndex, photo_silhouette, reference_descriptors,
+                            salient_region)
+from ..local.silhouette import Silhouette
 from ..local.store import LocalStore
 from ..local.verify import (LabPyramid, Verification, VerifyConfig, dense_checks, outline_alignment, quick_inliers,
                             verify)
@@ -183,7 +185,8 @@ class Recogniser:
         tries: list[tuple[int, bool]] = []
         # the whole pin's glance: how like the photo each reference looks (evidence for the ranking), and its
         # best finds as candidates, at most a fifth of the list: the vote and CLIP are the stronger sources
-        similar = None if board else self._glances().similarities(np.asarray(work))
+        salient = None if board else salient_region(np.asarray(work))  # the photo's pin, for glance and outline
+        similar = None if salient is None else self._glances().similarities(np.asarray(work), salient)
         glance = self._glance(similar, min(config.candidates.glance_candidates, limit // 5), excluded)
         # the glance cannot tell a mirrored photo (colours and outline are the same): its first finds are tried
         # both ways round, so that neither orientation is favoured
@@ -207,8 +210,9 @@ class Recogniser:
                                                for v in checked):
             checked += self._verify(tries[len(first):], features, mirror, lab)
         checked = _strongest_each(checked)
-        if similar is not None and config.candidates.outline_candidates:
-            checked = self._with_outlines(checked, similar, np.asarray(work), lab, excluded)
+        if similar is not None and salient is not None and config.candidates.outline_candidates:
+            checked = self._with_outlines(checked, similar, photo_silhouette(np.asarray(work), salient), lab,
+                                          excluded)
         order = [v.image_id for v in checked]
         checked, shared = self._with_colourways(checked, lab, excluded, single_pin=not board)
         order += [v.image_id for v in checked[len(order):]]
@@ -355,19 +359,19 @@ class Recogniser:
                 found[v.image_id, True] = v
         return [found[pair] for pair in tries]
 
-    def _with_outlines(self, checked: list[Verification], similar: np.ndarray, rgb: np.ndarray, lab: np.ndarray,
-                       excluded: frozenset[int]) -> list[Verification]:
-        """``checked`` with outline alignments for the glance's first finds that keypoints left unaligned
-        (replacing their failed verifications; those never tried come last)."""
+    def _with_outlines(self, checked: list[Verification], similar: np.ndarray, photo: Silhouette | None,
+                       lab: np.ndarray, excluded: frozenset[int]) -> list[Verification]:
+        """``checked`` with outline alignments (to ``photo``, the silhouette of the photo's pin) for the
+        glance's first finds that keypoints left unaligned (replacing their failed verifications; those
+        never tried come last)."""
         aligned = {v.image_id for v in checked if v.aligned}
         wanted = [image_id for image_id in self._glance(similar, self.config.candidates.outline_candidates, excluded)
                   if image_id not in aligned and image_id in self.store]
-        photo = photo_silhouette(rgb) if wanted else None
-        if photo is None:
+        if photo is None or not wanted:
             return checked
         by_image = {v.image_id: v for v in checked}
         pyramid = LabPyramid(lab)
-        photo_area = float(rgb.shape[0] * rgb.shape[1])
+        photo_area = float(lab.shape[0] * lab.shape[1])
         extra = []
         for image_id in wanted:
             found = outline_alignment(image_id, self.store.entry(image_id), photo, pyramid, photo_area,

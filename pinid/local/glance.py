@@ -173,21 +173,35 @@ def salient_region(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return cv2.cvtColor(cv2.GaussianBlur(np.ascontiguousarray(small), (0, 0), 1), cv2.COLOR_RGB2LAB), region
 
 
-def photo_silhouette(rgb: np.ndarray) -> Silhouette | None:
-    """The silhouette (in ``rgb``'s pixels) of the photo's most salient region, or None when none stands out:
-    what an outline alignment (``pinid.local.verify.outline_alignment``) brings a reference's silhouette onto."""
-    found = salient_region(rgb)
+#: What ``salient_region`` finds: the photo reduced to at most 256 px, as Lab, and the mask of its likely pin.
+Salient = tuple[np.ndarray, np.ndarray]
+
+
+def photo_silhouette(rgb: np.ndarray, found: Salient | None = None) -> Silhouette | None:
+    """The silhouette (in ``rgb``'s pixels) of the photo's most salient region (``found``, when already
+    made, else found here), or None when none stands out or it touches the photo's edge: what an outline
+    alignment (``pinid.local.verify.outline_alignment``) brings a reference's silhouette onto.
+
+    A region the edge cuts has no whole outline, and its moments are not the
+    pin's; most often it is no pin at all but a ribbon or a table's edge
+    running out of the frame (on 300 full-benchmark photos, those were
+    where outline alignments put a wrong pin first).
+    """
+    found = salient_region(rgb) if found is None else found
     if found is None:
         return None
     _, region = found
+    if region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any():
+        return None
     sx, sy = rgb.shape[1] / region.shape[1], rgb.shape[0] / region.shape[0]
     # a reduced pixel i covers photo pixels [i * s, (i + 1) * s): its centre is at (i + 0.5) * s - 0.5
     return silhouette(region, np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]]))
 
 
-def photo_descriptor(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The colour histogram and silhouette of a photo's most salient region, or None when none stands out."""
-    found = salient_region(rgb)
+def photo_descriptor(rgb: np.ndarray, found: Salient | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The colour histogram and silhouette of a photo's most salient region (``found``, when already made),
+    or None when none stands out."""
+    found = salient_region(rgb) if found is None else found
     if found is None:
         return None
     lab, region = found
@@ -218,9 +232,10 @@ class GlanceIndex:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def similarities(self, rgb: np.ndarray) -> np.ndarray | None:
-        """How like the photo's pin each reference image looks, in spreads over the catalogue (z-scores, in
-        ``image_ids`` order), or None when no pin stands out in the photo.
+    def similarities(self, rgb: np.ndarray, found: Salient | None = None) -> np.ndarray | None:
+        """How like the photo's pin (``found``: its salient region, when already made) each reference image
+        looks, in spreads over the catalogue (z-scores, in ``image_ids`` order), or None when no pin stands
+        out in the photo.
 
         Standardised over the catalogue, so that the number means the same in a
         catalogue of 50 pins as in one of 5,000: the ranking model weighs it as
@@ -229,7 +244,7 @@ class GlanceIndex:
         """
         if not len(self):
             return None
-        seen = photo_descriptor(rgb)
+        seen = photo_descriptor(rgb, found)
         if seen is None:
             return None
         histogram, shape = seen

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from pinid.local.features import pin_mask, reference_entry
 from pinid.local.glance import (HISTOGRAM_DIMS, GlanceIndex, colour_histogram, filled, photo_descriptor,
-                                reference_descriptors)
+                                photo_silhouette, reference_descriptors, salient_region)
 
 RED, WHITE, BLUE, GREEN, YELLOW = (200, 30, 40), (245, 245, 245), (30, 60, 170), (40, 150, 60), (240, 200, 40)
 GOLD = (190, 150, 60)  # the metal rim every enamel pin has
@@ -98,6 +98,26 @@ def test_a_photo_with_nothing_standing_out_gives_no_candidates(glance) -> None:
     assert GlanceIndex(np.zeros(0, np.int64), np.zeros((0, HISTOGRAM_DIMS)), np.zeros((0, 4))).rank(
         photo(PINS["flag"], 0), 3) == []
     assert glance.similarities(plain) is None
+
+
+def test_the_photos_silhouette_is_its_pins_and_none_where_the_edge_cuts_it() -> None:
+    """An outline alignment needs the whole outline: a region running out of the frame (a ribbon, or a pin
+    half out of the photo) has moments that are not the pin's."""
+    table = np.full((400, 600, 3), (60, 120, 70), np.uint8)
+    whole = table.copy()
+    cv2.rectangle(whole, (200, 100), (359, 219), RED, -1)  # a 160 x 120 plain pin inside the photo
+    found = photo_silhouette(whole)
+    assert found is not None
+    assert np.allclose(found.centre, (279.5, 159.5), atol=3.0)
+    # the covariance of a uniform 160 x 120 rectangle: side**2 / 12 along each axis
+    assert np.allclose(found.shape, np.diag([160 / np.sqrt(12), 120 / np.sqrt(12)]), atol=3.0)
+    assert photo_silhouette(whole, salient_region(whole)) is not None
+    ribbon = table.copy()
+    cv2.rectangle(ribbon, (0, 150), (599, 209), RED, -1)  # edge to edge
+    cut = table.copy()
+    cv2.rectangle(cut, (480, 100), (599, 219), RED, -1)  # half out of the frame
+    assert photo_silhouette(ribbon) is None and photo_silhouette(cut) is None
+    assert photo_silhouette(table) is None
 
 
 def test_similarities_are_catalogue_spreads_and_order_the_ranking(glance) -> None:
