@@ -183,9 +183,9 @@ def photo_silhouette(rgb: np.ndarray, found: Salient | None = None) -> Silhouett
     alignment (``pinid.local.verify.outline_alignment``) brings a reference's silhouette onto.
 
     A region the edge cuts has no whole outline, and its moments are not the
-    pin's; most often it is no pin at all but a ribbon or a table's edge
-    running out of the frame (on 300 full-benchmark photos, those were
-    where outline alignments put a wrong pin first).
+    pin's; often it is no pin at all but a ribbon or a paper scrap running out
+    of the frame (on 300 full-benchmark photos, 3 of the 6 where an outline
+    alignment put a wrong pin first).
     """
     found = salient_region(rgb) if found is None else found
     if found is None:
