@@ -51,6 +51,8 @@ SHAPE_DIMS = 3  # first Hu moment (log), solidity, short-to-long side of the min
 _MIN_SHAPE_SPREAD = 0.05
 _PROPOSAL_SIDE = 256  # a photo is reduced to this long side to find its pin
 _MIN_PIXELS = 10
+_REGIONS_SIDE = 512  # a board photo is reduced to this long side to find its pins
+_REGION_MIN_PIXELS, _REGION_MIN_SHARE, _REGION_MAX_SHARE = 64, 0.0005, 0.3
 
 
 def colour_histogram(lab_pixels: np.ndarray) -> np.ndarray:
@@ -135,17 +137,14 @@ def reference_descriptors(colour: np.ndarray, geometry: np.ndarray) -> tuple[np.
     return histograms, shapes
 
 
-def salient_region(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The photo reduced to at most _PROPOSAL_SIDE px, as Lab, and the mask of its likely pin (or None).
-
-    The pin is taken to be what differs most from the photo's border colours:
-    lightness counts half (shadows and light falloff move it), a component
-    touching the border counts three tenths of its area (table edges, hands).
-    """
+def _standing_out(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """The photo reduced to at most ``side`` px, the factor it was reduced by, and the mask (uint8 0/1) of what
+    differs from the colours of its border, by Otsu's threshold; lightness counts half (shadows and light falloff
+    move it)."""
     import cv2
 
     height, width = rgb.shape[:2]
-    scale = min(1.0, _PROPOSAL_SIDE / max(height, width))
+    scale = min(1.0, side / max(height, width))
     small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
     lab = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2LAB)
     smooth = cv2.GaussianBlur(lab, (0, 0), 2).astype(np.float32)
@@ -155,7 +154,43 @@ def salient_region(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     distance = np.linalg.norm((smooth - np.median(ring, axis=0)) * np.float32([0.5, 1.0, 1.0]), axis=2)
     _, mask = cv2.threshold(np.clip(distance * 4, 0, 255).astype(np.uint8), 0, 1,
                             cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    return small, scale, cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+
+
+def pin_regions(rgb: np.ndarray, most: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (x0, y0, x1, y1 in ``rgb``'s pixels, largest first, at most ``most``) of the separate things that
+    stand out from a board's backdrop: each is likely one pin, which can then be identified as a single-pin
+    photo is.
+
+    A board's pins lie apart on one cloth, so what differs from the colours of
+    the photo's border (``_standing_out``, at up to _REGIONS_SIDE px, gaps of a
+    few pixels closed) falls into one component per pin. Specks and anything
+    over _REGION_MAX_SHARE of the photo (a lighting gradient, a hand) are no pin.
+    """
+    import cv2
+
+    small, scale, mask = _standing_out(rgb, _REGIONS_SIDE)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+    total = small.shape[0] * small.shape[1]
+    found = [(int(area), x, y, w, h) for x, y, w, h, area in stats[1:].tolist()
+             if max(_REGION_MIN_PIXELS, _REGION_MIN_SHARE * total) <= area <= _REGION_MAX_SHARE * total]
+    found.sort(key=lambda item: -item[0])
+    height, width = rgb.shape[:2]
+    return [(int(x / scale), int(y / scale), min(width, int(np.ceil((x + w) / scale))),
+             min(height, int(np.ceil((y + h) / scale)))) for _, x, y, w, h in found[:most]]
+
+
+def salient_region(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The photo reduced to at most _PROPOSAL_SIDE px, as Lab, and the mask of its likely pin (or None).
+
+    The pin is taken to be what differs most from the photo's border colours
+    (``_standing_out``), a component touching the border counting three tenths
+    of its area (table edges, hands).
+    """
+    import cv2
+
+    small, _, mask = _standing_out(rgb, _PROPOSAL_SIDE)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
     if count <= 1:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -333,16 +334,21 @@ def test_the_glance_brings_in_a_pin_the_vote_gave_nothing(parts, monkeypatch) ->
         CandidateConfig(glance_candidates=-1)
 
 
-def test_a_plain_pin_that_keypoints_cannot_align_is_identified_by_its_outline(tmp_path) -> None:
-    """A flag-shaped pin of one enamel field gives the vote and verification nothing; the glance brings it in
-    and its outline aligns it, as taken or mirrored. Without the outline step nothing aligns."""
+def plain_parts(tmp_path) -> tuple[LocalStore, object, PinTable]:
+    """A three-pin catalogue: a plain flag (0), a plain kite (1) and a keypoint-rich pin (2)."""
     shots = {0: plain_pin(FLAG)[0], 1: plain_pin(KITE, (40, 60, 200))[0], 2: pin(1)}
     folder = tmp_path / "local"
     descriptors = write_local_store(folder, ((i, reference_entry(shot)) for i, shot in shots.items()))
     ids = np.array(sorted(shots), np.int64)
     table = PinTable(ids, ids.copy(), {i: PinRow(f"pin-{i}", f"pin-{i}", {"design": f"d{i}"}) for i in shots},
                      {i: f"pin-{i}.png" for i in shots})
-    parts = (LocalStore.load(folder, [Segment("000000", 0, len(descriptors))]), build_vocabulary(descriptors), table)
+    return LocalStore.load(folder, [Segment("000000", 0, len(descriptors))]), build_vocabulary(descriptors), table
+
+
+def test_a_plain_pin_that_keypoints_cannot_align_is_identified_by_its_outline(tmp_path) -> None:
+    """A flag-shaped pin of one enamel field gives the vote and verification nothing; the glance brings it in
+    and its outline aligns it, as taken or mirrored. Without the outline step nothing aligns."""
+    parts = plain_parts(tmp_path)
     shot, mask = plain_pin(FLAG)
     sheared = np.array([[0.74, -0.33, 300.0], [0.52, 0.21, 150.0], [0.0, 0.0, 1.0]])
     mirror = np.array([[-1.0, 0.0, SIDE], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
@@ -355,6 +361,32 @@ def test_a_plain_pin_that_keypoints_cannot_align_is_identified_by_its_outline(tm
         assert not any(c.aligned for c in off.candidates(photo)[0])
     with pytest.raises(ValueError, match="outline_candidates"):
         CandidateConfig(outline_candidates=-1)
+
+
+def test_each_pin_of_a_board_is_also_identified_on_its_own(tmp_path) -> None:
+    """A board's plain pin gives the board-wide keypoints nothing; cut out as a single-pin photo, its outline
+    aligns it. Both pins are found where they lie, each once; without the regions the plain one is missed."""
+    from pinid.evaluation.boards import polygon_iou
+
+    parts = plain_parts(tmp_path)
+    flag, mask = plain_pin(FLAG)
+    at_flag = np.array([[0.62, -0.28, 80.0], [0.44, 0.18, 300.0], [0.0, 0.0, 1.0]])
+    at_pin = np.array([[0.7, -0.2, 560.0], [0.2, 0.7, 90.0], [0.0, 0.0, 1.0]])
+    board = np.full((600, 960, 3), (60, 120, 70), np.uint8)
+    board = Image.fromarray(place(place(board, flag, at_flag, mask), pin(1), at_pin))
+    found = recogniser(parts).find_all(board, min_confidence=0.0)
+    by_pin = {f.match.pin_id: f for f in found}
+    assert sorted(by_pin) == ["pin-0", "pin-2"] and len(found) == 2
+    box = np.float32([[24, 24], [SIDE - 24, 24], [SIDE - 24, SIDE - 24], [24, SIDE - 24]]).reshape(-1, 1, 2)
+    for pin_id, placed, corners in (("pin-0", at_flag, np.float32(FLAG)), ("pin-2", at_pin, box.reshape(-1, 2))):
+        truth = cv2.perspectiveTransform(corners.reshape(-1, 1, 2), placed).reshape(-1, 2)
+        assert polygon_iou(by_pin[pin_id].polygon, truth) > 0.5
+        assert np.allclose(by_pin[pin_id].match.polygon, by_pin[pin_id].polygon, atol=0.06)  # one outline
+    assert found[0].confidence >= found[1].confidence
+    board_wide = recogniser(parts, LocalConfig(candidates=CandidateConfig(board_regions=0)))
+    assert [f.match.pin_id for f in board_wide.find_all(board, min_confidence=0.0)] == ["pin-2"]
+    with pytest.raises(ValueError, match="board_regions"):
+        CandidateConfig(board_regions=-1)
 
 
 def test_glance_candidates_go_in_after_the_votes_first_four_fifths(parts, monkeypatch) -> None:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from pinid.local.features import pin_mask, reference_entry
-from pinid.local.glance import (HISTOGRAM_DIMS, GlanceIndex, colour_histogram, filled, photo_descriptor,
+from pinid.local.glance import (HISTOGRAM_DIMS, GlanceIndex, colour_histogram, filled, photo_descriptor, pin_regions,
                                 photo_silhouette, reference_descriptors, salient_region)
 
 RED, WHITE, BLUE, GREEN, YELLOW = (200, 30, 40), (245, 245, 245), (30, 60, 170), (40, 150, 60), (240, 200, 40)
@@ -146,3 +146,19 @@ def test_the_thumbnail_keeps_the_filled_silhouette_apart_from_what_the_colour_ch
     photo_lab = cv2.cvtColor(np.asarray(PINS["flag"]), cv2.COLOR_RGB2LAB)
     strict = replace(entry, colour=np.dstack([lab, np.where(alpha == INSIDE_ALPHA, INSIDE_ALPHA, 0).astype(np.uint8)]))
     assert colour_distance(entry, photo_lab, np.eye(3)) == colour_distance(strict, photo_lab, np.eye(3))
+
+
+def test_a_boards_pins_are_its_separate_regions_largest_first() -> None:
+    board = np.full((600, 800, 3), (40, 60, 140), np.uint8)
+    cv2.rectangle(board, (100, 80), (260, 220), (230, 200, 40), -1)  # a large pin
+    cv2.circle(board, (600, 400), 60, (220, 40, 40), -1)  # a smaller one
+    cv2.circle(board, (400, 500), 2, (255, 255, 255), -1)  # a speck of dust
+    boxes = pin_regions(board, 12)
+    assert len(boxes) == 2
+    assert np.allclose(boxes[0], (100, 80, 261, 221), atol=4) and np.allclose(boxes[1], (540, 340, 661, 461), atol=4)
+    assert pin_regions(board, 1) == boxes[:1]
+    # what covers much of the photo (a hand, a lighting gradient) is no pin
+    covered = board.copy()
+    cv2.rectangle(covered, (0, 300), (520, 599), (250, 250, 250), -1)
+    assert all(x1 - x0 < 400 for x0, _, x1, _ in pin_regions(covered, 12))
+    assert pin_regions(np.full((300, 400, 3), 128, np.uint8), 12) == []
