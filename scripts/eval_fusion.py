@@ -77,7 +77,7 @@ def score(index: PinIndex, calibration: Calibration, samples: Sequence[LabelledP
         confidence, top_pin = 0.0, None
         if sample.candidates:
             scores = calibration.rank_score(candidate_features(sample.candidates))
-            top, lead, best = calibration.best_and_lead(scores, [c.design for c in sample.candidates])
+            top, lead, best = calibration.best_and_lead(scores, [c.pin_row for c in sample.candidates])
             confidence, top_pin = calibration.answer_confidence(top, lead), index.pin_of(sample.candidates[best])
         (known_conf if query.is_known else unknown_conf).append(confidence)
         if query.is_known:

@@ -70,8 +70,8 @@ class CandidateConfig(Config):
     sure_inliers: int = 8
     # of a board photo, the separate regions that stand out from its backdrop (pinid.local.glance.pin_regions),
     # largest first, each cut out with this margin (a share of its long side) and identified as a single-pin photo;
-    # pooled with the board-wide candidates. On 40 full-benchmark boards (seed 0) the best recall at precision
-    # 0.95 went from 0.331 to 0.451 (README, "Boards, pin by pin"); 0: the board-wide candidates only
+    # pooled with the board-wide candidates. On the 300 full-benchmark boards recall at confidence 0.5 went from
+    # 0.403 to 0.513 at precision 0.879 to 0.860 (README, "Boards, pin by pin"); 0: the board-wide candidates only
     board_regions: int = 12
     board_region_margin: float = 0.3
 
@@ -472,14 +472,14 @@ class Recogniser:
         return matches
 
     def confidence(self, ranked: Sequence[Candidate]) -> float:
-        """How sure the first candidate is: its score and its lead over the best rival of another design.
+        """How sure the first candidate is: its score and its lead over the best rival of another pin.
 
         The evidence is whatever the ranking used: geometry and colour when the
         best candidate aligned, CLIP's margin and the vote when it did not.
         """
         if not ranked:
             return 0.0
-        top, lead, _ = self.calibration.best_and_lead([c.rank_score for c in ranked], [c.design for c in ranked], 0)
+        top, lead, _ = self.calibration.best_and_lead([c.rank_score for c in ranked], [c.pin_row for c in ranked], 0)
         return self.calibration.answer_confidence(top, lead)
 
     def find_all(self, image: Image.Image, *, limit: int | None = None, min_confidence: float | None = None

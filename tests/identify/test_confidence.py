@@ -21,8 +21,8 @@ def _candidate(rng: np.random.Generator, design: str, right: bool, aligned: bool
                             inlier_ratio=rng.uniform(0.4, 0.8) if right else rng.uniform(0.05, 0.25),
                             colour_distance=rng.uniform(2, 10) if right else rng.uniform(15, 40),
                             aligned=aligned, structure=structure)
-    return SimpleNamespace(verification=check, aligned=aligned, clip_score=cosine, design=design, votes=votes,
-                           **glance)
+    return SimpleNamespace(verification=check, aligned=aligned, clip_score=cosine, design=design, pin_row=design,
+                           votes=votes, **glance)
 
 
 def _photos(count: int = 40, seed: int = 0) -> list[LabelledPhoto]:
@@ -56,7 +56,7 @@ def _clip_photos(count: int = 60, seed: int = 0) -> list[LabelledPhoto]:
 def _answer(calibration: Calibration, photo: LabelledPhoto) -> tuple[bool, float]:
     """Whether the calibration's best candidate is right, and its confidence (as the recogniser answers)."""
     scores = calibration.rank_score(candidate_features(photo.candidates))
-    top, lead, best = calibration.best_and_lead(scores, [c.design for c in photo.candidates])
+    top, lead, best = calibration.best_and_lead(scores, [c.pin_row for c in photo.candidates])
     return bool(photo.truth[best]), calibration.answer_confidence(top, lead)
 
 
@@ -176,10 +176,10 @@ def test_the_glance_is_learned_where_it_tells_a_true_weak_alignment_from_a_chanc
     photos = []
     for p in range(60):
         weak = SimpleNamespace(distinct_inliers=4, inlier_ratio=0.2, colour_distance=20.0, aligned=True)
-        true = SimpleNamespace(verification=weak, aligned=True, clip_score=float("nan"), design="true", votes=1.0,
-                               glance=float(rng.uniform(1.5, 3.0)))
+        true = SimpleNamespace(verification=weak, aligned=True, clip_score=float("nan"), design="true", pin_row=0,
+                               votes=1.0, glance=float(rng.uniform(1.5, 3.0)))
         rival = SimpleNamespace(verification=weak, aligned=True, clip_score=float("nan"), design=f"other-{p}",
-                                votes=1.0, glance=float(rng.uniform(-1.0, 1.0)))
+                                pin_row=p + 1, votes=1.0, glance=float(rng.uniform(-1.0, 1.0)))
         known = p % 3 != 0
         candidates = [true, rival] if known else [rival]
         photos.append(LabelledPhoto(candidates, [True, False] if known else [False]))
@@ -212,3 +212,14 @@ def test_self_test_round_trips_and_old_manifests_have_none() -> None:
     assert "self_test" not in old and Calibration.from_dict(old).self_test is None
     tested = Calibration(shipped.ranking, shipped.confidence, 0.5, "20 photos", {"recall_at_1": 0.9, "auroc": 0.8})
     assert Calibration.from_dict(tested.to_dict()) == tested
+
+
+def test_the_lead_is_over_another_pin_so_a_close_colourway_leaves_the_answer_unsure() -> None:
+    calibration = default_calibration()
+    scores = [3.0, 2.8, -5.0]
+    top, lead, best = calibration.best_and_lead(scores, ["pin-a", "pin-a", "pin-b"])  # two images of one pin
+    assert best == 0 and lead == pytest.approx(8.0)
+    # another colourway of the design is another pin: a right design in the wrong colours is a wrong answer
+    _, close, _ = calibration.best_and_lead(scores, ["pin-a", "pin-a-teal", "pin-b"])
+    assert close == pytest.approx(0.2)
+    assert calibration.answer_confidence(top, close) < calibration.answer_confidence(top, lead) - 0.2
