@@ -383,10 +383,29 @@ def test_each_pin_of_a_board_is_also_identified_on_its_own(tmp_path) -> None:
         assert polygon_iou(by_pin[pin_id].polygon, truth) > 0.5
         assert np.allclose(by_pin[pin_id].match.polygon, by_pin[pin_id].polygon, atol=0.06)  # one outline
     assert found[0].confidence >= found[1].confidence
+    # the finds at a threshold are those at 0 that reach it
+    middle = (found[0].confidence + found[1].confidence) / 2
+    above = [(f.match.pin_id, f.confidence) for f in recogniser(parts).find_all(board, min_confidence=middle)]
+    assert above == [(f.match.pin_id, f.confidence) for f in found if f.confidence >= middle] and len(above) == 1
     board_wide = recogniser(parts, LocalConfig(candidates=CandidateConfig(board_regions=0)))
     assert [f.match.pin_id for f in board_wide.find_all(board, min_confidence=0.0)] == ["pin-2"]
     with pytest.raises(ValueError, match="board_regions"):
         CandidateConfig(board_regions=-1)
+
+
+def test_where_the_board_and_the_cut_out_pin_disagree_each_is_right_only_if_the_other_is_wrong() -> None:
+    from pinid.identify.recogniser import _weighed_against
+    from pinid.results import Found, Match
+
+    def found(pin_id: str, confidence: float, x: float) -> Found:
+        square = np.float32([[x, 0], [x + 100, 0], [x + 100, 100], [x, 100]])
+        return Found(Match(1, pin_id, pin_id, {}, f"{pin_id}.png"), confidence, square)
+
+    board_wide = [found("a", 0.9, 0), found("b", 0.8, 300), found("c", 0.7, 600)]
+    by_region = [found("z", 0.6, 10), found("b", 0.95, 305)]  # another pin where "a" is; the same pin as "b"
+    weighed = _weighed_against(board_wide, by_region, 0.3)
+    assert [f.confidence for f in weighed] == pytest.approx([0.9 * 0.4, 0.8, 0.7])
+    assert [f.confidence for f in _weighed_against(by_region, board_wide, 0.3)] == pytest.approx([0.6 * 0.1, 0.95])
 
 
 def test_glance_candidates_go_in_after_the_votes_first_four_fifths(parts, monkeypatch) -> None:
