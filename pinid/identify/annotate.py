@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -29,8 +29,8 @@ def annotate(photo: ImageSource, found: Sequence[Found]) -> Image.Image:
         colour = _COLOURS[number % len(_COLOURS)]
         points = [tuple(map(float, p)) for p in item.polygon]
         draw.line(points + [points[0]], fill=colour, width=line, joint="curve")
-        name = item.match.name if item.match.name == item.match.pin_id else f"{item.match.name} ({item.match.pin_id})"
-        label = f"{name} {percent(item.confidence)}"
+        label = _fitting_label(draw, font, item.match.name, item.match.pin_id, percent(item.confidence),
+                               image.width - 2 * line)
         x, y = min(p[0] for p in points), min(p[1] for p in points)
         box = draw.textbbox((0, 0), label, font=font)
         width, height = box[2] - box[0] + 2 * line, box[3] - box[1] + 2 * line
@@ -39,6 +39,19 @@ def annotate(photo: ImageSource, found: Sequence[Found]) -> Image.Image:
         draw.rectangle([x, y, x + width, y + height], fill=colour)
         draw.text((x + line - box[0], y + line - box[1]), label, fill=(255, 255, 255), font=font)
     return image
+
+
+def _fitting_label(draw: ImageDraw.ImageDraw, font: Any, name: str, pin_id: str, confidence: str,
+                   width: float) -> str:
+    """``name (pin_id) confidence``, or as much of it as fits in ``width`` pixels: the name goes first (the
+    pin id says which pin), then the id is cut short; long OpenMoji names ran off a narrow photo's edge."""
+    full = f"{name} {confidence}" if name == pin_id else f"{name} ({pin_id}) {confidence}"
+    shorter = (f"{pin_id[:keep]}... {confidence}" for keep in range(len(pin_id) - 1, 0, -1))
+    for text in (full, f"{pin_id} {confidence}", *shorter):
+        box = draw.textbbox((0, 0), text, font=font)
+        if box[2] - box[0] <= width:
+            return text
+    return confidence
 
 
 def check_annotation_target(out: str | os.PathLike, photo: ImageSource | None = None) -> Path:

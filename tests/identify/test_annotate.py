@@ -149,3 +149,19 @@ def _shift(x: float, y: float):  # noqa: ANN202
     import numpy as np
 
     return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
+
+
+def test_a_label_too_long_for_the_photo_is_cut_to_fit() -> None:
+    from PIL import ImageDraw
+
+    from pinid.identify.annotate import _fitting_label, _font
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (10, 10))), _font(14)
+    name, pin_id = "Woman Heavy Black Heart Kiss Mark Woman", "om-1f469-200d-2764-fe0f-200d-1f48b-200d-1f469"
+    assert _fitting_label(draw, font, name, pin_id, "99%", 2000) == f"{name} ({pin_id}) 99%"
+    assert _fitting_label(draw, font, "pin-7", "pin-7", "99%", 2000) == "pin-7 99%"  # a name that is its id
+    for width in (400, 150, 60):
+        label = _fitting_label(draw, font, name, pin_id, "99%", width)
+        box = draw.textbbox((0, 0), label, font=font)
+        assert box[2] - box[0] <= width and label.endswith("99%") and label.startswith("om")
+    assert _fitting_label(draw, font, name, pin_id, "99%", 1) == "99%"
