@@ -39,8 +39,9 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     latency = metrics.get("latency_ms", {})
     if latency.get("samples"):
         for stage in [name for name in ("load_encode", "search", "total") if name in latency]:
-            lines.append(f"| latency {stage.replace('_', '+')} p50 / p95 (ms, {latency['samples']} queries) | "
-                         f"{latency[stage]['p50']:.1f} / {latency[stage]['p95']:.1f} |")
+            lines.append(f"| latency {stage.replace('_', '+')} p50 / p90 / p95 (ms, {latency['samples']} queries) | "
+                         f"{latency[stage]['p50']:.1f} / {latency[stage].get('p90', float('nan')):.1f} / "
+                         f"{latency[stage]['p95']:.1f} |")
     return "\n".join(lines)
 
 

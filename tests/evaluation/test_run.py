@@ -59,7 +59,9 @@ def test_eval_command_end_to_end(scored: tuple[Path, Path], tmp_path: Path, caps
     assert result["retrieval"]["recall@10"] == pytest.approx(4 / 5)  # the unreadable query counts as a miss
     assert result["open_set"]["at_threshold"]["threshold"] == 0.5
     assert result["open_set"]["threshold_from"] == THRESHOLD_GIVEN
-    assert result["latency_ms"]["samples"] == 3 and result["latency_ms"]["total"]["p50"] > 0
+    total = result["latency_ms"]["total"]
+    assert result["latency_ms"]["samples"] == 3 and 0 < total["p50"] <= total["p90"] <= total["p95"]
+    assert "p50 / p90 / p95" in table
     sheets = sorted((tmp_path / "failures").glob("failures-*.png"))
     assert sheets, "the unreadable query is a failure, so at least one sheet is written"
     with Image.open(sheets[0]) as sheet:
@@ -107,3 +109,4 @@ def test_latency_of_clip_only_runs_is_split_by_stage(scored: tuple[Path, Path]) 
     images = [q.image for q in read_queries(ground_truth)[:2]]
     latency = measure_latency(index, images, verify=False)
     assert latency["samples"] == 2 and {"load_encode", "search", "total"} <= latency.keys()
+    assert all({"p50", "p90", "p95"} <= latency[stage].keys() for stage in ("load_encode", "search", "total"))
