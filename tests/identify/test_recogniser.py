@@ -135,6 +135,25 @@ def test_colourways_of_one_design_share_one_alignment_and_colour_decides(parts) 
     assert shared == {2: 1} and [v.distinct_inliers for v in single] == [9, 9]
 
 
+def test_on_a_board_every_aligned_designs_colourways_are_checked(parts) -> None:
+    # a board holds several pins: the design aligned with the fewest inliers (d2, fourth of four) may be one of
+    # them, and its colourway must be there to compete with it
+    ranked, _ = recogniser(parts).candidates(photo_of(pin(2), seed=7))
+    alignment = next(c.verification for c in ranked if c.image_id == 1)
+    assert alignment.aligned
+    lab = np.zeros((8, 8, 3), np.uint8)
+    found = [dataclasses.replace(alignment, image_id=image_id, distinct_inliers=inliers)
+             for image_id, inliers in ((0, 12), (3, 11), (4, 10), (1, 9))]
+    board, shared = recogniser(parts)._with_colourways(found, lab, single_pin=False)
+    assert [v.image_id for v in board] == [0, 3, 4, 1, 2] and shared == {2: 1}
+    single, shared = recogniser(parts)._with_colourways(found, lab, single_pin=True)  # three sources
+    assert [v.image_id for v in single] == [0, 3, 4, 1] and shared == {}
+    few = LocalConfig(candidates=CandidateConfig(max_board_colourway_sources=3))
+    assert [v.image_id for v in recogniser(parts, few)._with_colourways(found, lab)[0]] == [0, 3, 4, 1]
+    with pytest.raises(ValueError, match="max_board_colourway_sources"):
+        CandidateConfig(max_board_colourway_sources=-1)
+
+
 def test_strict_verification_aligns_nothing(parts) -> None:
     strict = recogniser(parts, LocalConfig(verify=VerifyConfig(min_inliers=10_000, similarity_fallback=0)))
     ranked, _ = strict.candidates(photo_of(pin(5)))
