@@ -78,6 +78,10 @@ class CandidateConfig(Config):
     # 0.403 to 0.513 at precision 0.879 to 0.860 (README, "Boards, pin by pin"); 0: the board-wide candidates only
     board_regions: int = 12
     board_region_margin: float = 0.3
+    # ... and as many of the board-wide finds that no region covers (a pin whose metal or enamel shares the
+    # backdrop's colours stands out in parts, or not at all: a quarter of the benchmark boards' pins), most
+    # confident first, so that each board-wide find meets a single-pin opinion of the same place (0: none)
+    board_found_cuts: int = 6
 
     # settings of older indexes: the unclear-orientation step and the mirror fallback, which one list of both votes
     # (``_screen``) replaced, and the count of images verified (each once), which ``max_tries`` replaced
@@ -91,9 +95,11 @@ class CandidateConfig(Config):
               "max_colourway_sources and max_board_colourway_sources must be at least 0")
         check(self.screened_candidates >= 0 and self.screen_min_inliers >= 0 and self.glance_candidates >= 0
               and self.glance_mirrored_candidates >= 0 and self.first_tries >= 0 and self.sure_inliers >= 0
-              and self.outline_candidates >= 0 and self.board_regions >= 0 and self.board_region_margin >= 0,
+              and self.outline_candidates >= 0 and self.board_regions >= 0 and self.board_region_margin >= 0
+              and self.board_found_cuts >= 0,
               "screened_candidates, screen_min_inliers, glance_candidates, glance_mirrored_candidates, first_tries, "
-              "sure_inliers, outline_candidates, board_regions and board_region_margin must be at least 0")
+              "sure_inliers, outline_candidates, board_regions, board_region_margin and board_found_cuts must be "
+              "at least 0")
         check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
 
 
@@ -520,7 +526,7 @@ class Recogniser:
             confidence = self.confidence([candidate, *rivals])
             if confidence > 0:
                 board_wide.append(Found(self.matches([candidate], 1, back)[0], confidence, polygon))
-        by_region = self._found_by_region(image)
+        by_region = self._found_by_region(image, [f.polygon for f in sorted(board_wide, key=lambda f: -f.confidence)])
         found = _weighed_against(board_wide, by_region, same_pin) + _weighed_against(by_region, board_wide, same_pin)
         pooled: list[Found] = []
         for one in sorted(found, key=lambda f: -f.confidence):
@@ -529,23 +535,29 @@ class Recogniser:
                 pooled.append(one)
         return pooled
 
-    def _found_by_region(self, image: Image.Image) -> list[Found]:
+    def _found_by_region(self, image: Image.Image, board_wide: Sequence[np.ndarray] = ()) -> list[Found]:
         """The pin each region of a board photo that stands out from its backdrop shows, identified as a
-        single-pin photo (where its best candidate aligned), in photo pixels.
+        single-pin photo (where its best candidate aligned), in photo pixels; also the pin at each of the first
+        ``board_found_cuts`` of ``board_wide`` (outlines found board-wide, most confident first) that no such
+        region covers.
 
         A board's photo as a whole gives each pin a share of its keypoints and
         no glance or outline of its own; cut out, a pin is a single-pin photo.
         """
         config = self.config.candidates
-        if not config.board_regions:
-            return []
         rgb = np.asarray(image.convert("RGB"))
         height, width = rgb.shape[:2]
+        boxes = pin_regions(rgb, config.board_regions) if config.board_regions else []
+        uncovered = [(*polygon.min(axis=0), *polygon.max(axis=0)) for polygon in board_wide]
+        uncovered = [box for box in uncovered if max((_box_iou(box, region) for region in boxes), default=0.0) < 0.5]
+        boxes = [*boxes, *uncovered[:config.board_found_cuts]]
         found = []
-        for x0, y0, x1, y1 in pin_regions(rgb, config.board_regions):
+        for x0, y0, x1, y1 in boxes:
             margin = config.board_region_margin * max(x1 - x0, y1 - y0)
             box = (int(max(0, x0 - margin)), int(max(0, y0 - margin)), int(min(width, x1 + margin)),
                    int(min(height, y1 + margin)))
+            if box[2] - box[0] < _MIN_GLANCE_SIDE or box[3] - box[1] < _MIN_GLANCE_SIDE:
+                continue  # an outline found board-wide may lie mostly outside the photo
             ranked, back = self.candidates(Image.fromarray(np.ascontiguousarray(rgb[box[1]:box[3], box[0]:box[2]])))
             if not ranked or not ranked[0].aligned:
                 continue
@@ -553,6 +565,17 @@ class Recogniser:
             match = replace(self.matches(ranked, 1, back)[0], polygon=np.round(polygon, 1).tolist())
             found.append(Found(match, self.confidence(ranked), polygon))
         return found
+
+
+def _box_iou(first: Sequence[float], second: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    width = min(first[2], second[2]) - max(first[0], second[0])
+    height = min(first[3], second[3]) - max(first[1], second[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    union = ((first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1])
+             - width * height)
+    return float(width * height / union) if union > 0 else 0.0
 
 
 def _weighed_against(found: list[Found], others: list[Found], same_pin: float) -> list[Found]:

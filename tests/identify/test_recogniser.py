@@ -412,6 +412,40 @@ def test_each_pin_of_a_board_is_also_identified_on_its_own(tmp_path) -> None:
         CandidateConfig(board_regions=-1)
 
 
+def test_a_board_wide_find_that_no_region_covers_is_cut_out_and_identified_too(tmp_path, monkeypatch) -> None:
+    """A pin that shares the backdrop's colours does not stand out as a region; where the board-wide pass
+    found something, that place is cut out and identified as a single-pin photo all the same."""
+    from pinid.identify import recogniser as module
+
+    parts = plain_parts(tmp_path)
+    at_pin = np.array([[0.7, -0.2, 560.0], [0.2, 0.7, 90.0], [0.0, 0.0, 1.0]])
+    board = Image.fromarray(place(np.full((600, 960, 3), (60, 120, 70), np.uint8), pin(1), at_pin))
+    rec = recogniser(parts)
+    cuts: list[tuple[int, int]] = []
+    real = rec.candidates
+    monkeypatch.setattr(rec, "candidates", lambda image, *a, **k: (cuts.append(image.size) if not k.get("board")
+                                                                   else None) or real(image, *a, **k))
+    monkeypatch.setattr(module, "pin_regions", lambda rgb, most: [])  # nothing stands out
+    (outline,) = [f.polygon for f in rec.find_all(board, min_confidence=0.0)]
+    assert len(cuts) == 1  # the board-wide find's place, cut out
+    cuts.clear()
+    (again,) = rec._found_by_region(board, [outline])
+    assert again.match.pin_id == "pin-2" and module._overlap(again.polygon, outline) > 0.8 and len(cuts) == 1
+    outside = outline + np.float32([2000, 0])  # an outline off the photo is no place to cut
+    assert rec._found_by_region(board, [outside]) == [] and len(cuts) == 1
+    # a place a region already covers is cut out once, as that region
+    x0, y0 = outline.min(axis=0)
+    x1, y1 = outline.max(axis=0)
+    monkeypatch.setattr(module, "pin_regions", lambda rgb, most: [(int(x0), int(y0), int(x1), int(y1))])
+    cuts.clear()
+    assert len(rec._found_by_region(board, [outline])) == 1 and len(cuts) == 1
+    none = recogniser(parts, LocalConfig(candidates=CandidateConfig(board_found_cuts=0)))
+    monkeypatch.setattr(module, "pin_regions", lambda rgb, most: [])
+    assert none._found_by_region(board, [outline]) == []
+    with pytest.raises(ValueError, match="board_found_cuts"):
+        CandidateConfig(board_found_cuts=-1)
+
+
 def test_where_the_board_and_the_cut_out_pin_disagree_each_is_right_only_if_the_other_is_wrong() -> None:
     from pinid.identify.recogniser import _weighed_against
     from pinid.results import Found, Match
