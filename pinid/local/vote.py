@@ -267,11 +267,7 @@ def ballot(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_key
                                    min(config.neighbours_per_descriptor, index.ntotal))
     distances = np.sqrt(np.maximum(distances, 0))
     images = np.where(rows >= 0, row_image[np.where(rows >= 0, rows, 0)], -1)
-    # keep each image's nearest neighbour per query descriptor (columns are sorted by distance)
-    first = np.ones(images.shape, bool)
-    for column in range(1, images.shape[1]):
-        first[:, column] = ~(images[:, :column] == images[:, column:column + 1]).any(axis=1)
-    first &= images >= 0
+    first = first_of_each_image(images)  # each image's nearest neighbour per query descriptor
     rank = np.cumsum(first, axis=1) - 1  # 0 for the nearest image, 1 for the next distinct one...
     # background: the distance at which the background_image_rank-th distinct image appears (or the farthest seen)
     background = np.where(first & (rank == config.background_image_rank), distances, np.inf).min(axis=1)
@@ -308,6 +304,23 @@ def ballot(index: Any, row_image: np.ndarray, descriptors: np.ndarray, query_key
     ranking = np.argsort(-totals, kind="stable")
     return Ballot(unique_images[ranking], totals[ranking], np.nonzero(chosen)[0][in_winner],
                   rows[chosen][in_winner].astype(np.int64), chosen_images[in_winner].astype(np.int64))
+
+
+def first_of_each_image(images: np.ndarray) -> np.ndarray:
+    """Of each row's neighbours (columns nearest first, naming their images; -1: none), which are the
+    nearest of their image in that row.
+
+    A stable sort of each row by image puts an image's nearest column first among its own: 2.5 times
+    faster than comparing each column with all before it (64 neighbours of 1,500 descriptors: 1.7 ms).
+    """
+    images = np.asarray(images)
+    order = np.argsort(images, axis=1, kind="stable")
+    grouped = np.take_along_axis(images, order, axis=1)
+    starts = np.ones(images.shape, bool)
+    starts[:, 1:] = grouped[:, 1:] != grouped[:, :-1]
+    first = np.empty(images.shape, bool)
+    np.put_along_axis(first, order, starts, axis=1)
+    return first & (images >= 0)
 
 
 _POSITION_BINS = 1 << 12  # per axis (centres beyond are clipped): 1,400 px over the smallest bin, 0.35 px

@@ -214,3 +214,46 @@ def test_an_inverted_vocabulary_searched_over_every_list_is_exact_and_its_probe_
     _, every_list = vocabulary.search(queries, 1)
     assert vocabulary.probes == shard.nlist
     assert (every_list[:, 0] == exact).all() and (one_list[:, 0] != exact).any()
+
+
+def test_each_row_is_owned_by_its_image_across_segments_and_removed_images_own_none(tmp_path) -> None:
+    from pinid.local.features import reference_entry
+    from pinid.local.store import LocalStore, Segment, copy_segment, segment_name, write_segment
+    from tests.support import pin
+
+    entries = [reference_entry(pin(seed)) for seed in (1, 2, 3)]
+    sizes = [len(entry.features) for entry in entries]
+    first_rows, _ = write_segment(tmp_path / "old" / segment_name(0), [(7, entries[0]), (9, entries[1])])
+    second_rows, _ = write_segment(tmp_path / "local" / segment_name(1), [(12, entries[2])])
+    # image 7 removed: its segment carried over without it, its rows left in place
+    copy_segment(tmp_path / "old" / segment_name(0), tmp_path / "local" / segment_name(0), keep=frozenset({9}))
+    segments = [Segment(segment_name(0), 0, first_rows), Segment(segment_name(1), first_rows, second_rows)]
+    store = LocalStore.load(tmp_path / "local", segments)
+    expected = np.repeat([-1, 9, 12], sizes)
+    every = np.arange(len(expected))
+    assert store.row_image[every].tolist() == expected.tolist()
+    scattered = np.array([[len(expected) - 1, 0], [sizes[0], sizes[0] - 1]])
+    assert store.row_image[scattered].tolist() == [[12, -1], [9, -1]]
+    assert np.flatnonzero(store.row_image[every] < 0).tolist() == store.dead_rows().tolist()
+
+    alone = LocalStore.load(tmp_path / "local", segments[:1])  # one segment: the lookup that skips the search
+    assert alone.row_image[np.arange(first_rows)].tolist() == expected[:first_rows].tolist()
+    frames = alone.vote_keypoints[np.array([[0, sizes[0]]])]
+    assert frames.shape == (1, 2, 4) and frames.dtype == np.float32
+    np.testing.assert_array_equal(frames[0], store.vote_keypoints[np.array([0, sizes[0]])])
+
+
+def test_a_ballot_keeps_each_images_nearest_neighbour_of_each_descriptor() -> None:
+    from pinid.local.vote import first_of_each_image
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(-1, 6, (200, 24))
+    brute = np.zeros(images.shape, bool)
+    for row in range(images.shape[0]):
+        seen = set()
+        for column, image in enumerate(images[row].tolist()):
+            brute[row, column] = image >= 0 and image not in seen
+            seen.add(image)
+    assert np.array_equal(first_of_each_image(images), brute)
+    assert first_of_each_image(np.array([[4, 4, -1, 2, 4, 2]])).tolist() == [[True, False, False, True, False, False]]
+    assert first_of_each_image(np.zeros((0, 8), np.int64)).shape == (0, 8)
