@@ -624,14 +624,18 @@ def calibrate(index_dir: Path, photos: Path | None, simulate: int | None, seed: 
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--latency-samples", type=click.IntRange(min=0), default=50, show_default=True,
               help="queries timed one by one for the latency rows")
+@click.option("--candidates", type=click.IntRange(min=1, max=500), default=None,
+              help="tries verified per photo, as `identify --candidates` (more: higher recall, slower) "
+                   "[default: the index's setting, 90]")
 @_device_option
 @_offline_option
 @_threads_option
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Path | None, sample: int | None,
                      seed: int, no_verify: bool, threshold: float | None, failures_dir: Path | None,
-                     as_json: bool, json_path: Path | None, batch_size: int, latency_samples: int, device: str,
-                     offline: bool | None, threads: int | None, quiet: bool) -> None:
+                     as_json: bool, json_path: Path | None, batch_size: int, latency_samples: int,
+                     candidates: int | None, device: str, offline: bool | None, threads: int | None,
+                     quiet: bool) -> None:
     """Score an index on ground truth: recall@k, MRR, colourways, open set, latency, boards."""
     from .errors import InputError
     from .evaluation.queries import read_queries, sample_queries
@@ -650,7 +654,7 @@ def evaluate_command(index_dir: Path, ground_truth: Path | None, boards_path: Pa
     if queries:
         with _stages(quiet) as on_progress:
             report = evaluate(index, queries, batch_size=batch_size, threshold=threshold, verify=not no_verify,
-                              latency_samples=latency_samples, on_progress=on_progress)
+                              latency_samples=latency_samples, candidates=candidates, on_progress=on_progress)
     if boards_path is not None:
         from .evaluation.boards import evaluate_boards, read_boards
 

@@ -21,6 +21,9 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     lines = ["| metric | value |", "| --- | --- |",
              f"| queries (known / unknown / unreadable) | {queries['known']} / {queries['unknown']} / "
              f"{queries['unreadable']} |"]
+    index = metrics.get("index", {})
+    if index.get("verified") and index.get("candidates"):
+        lines.append(f"| tries verified per photo | {index['candidates']} |")
     lines += [f"| {name} | {_fmt(retrieval[name])} |" for name in ("recall@1", "recall@5", "recall@10", "mrr")]
     for split, values in retrieval["by_split"].items():
         lines.append(f"| recall@1, {split} ({values['queries']}) | {_fmt(values['recall@1'])} |")

@@ -51,7 +51,7 @@ class EvaluationReport:
 
 def evaluate(index: PinIndex, queries: Sequence[GroundTruthQuery], *, depth: int = 10, batch_size: int = 32,
              threshold: float | None = None, latency_samples: int = 50, verify: bool = True,
-             on_progress: Progress | None = None) -> EvaluationReport:
+             candidates: int | None = None, on_progress: Progress | None = None) -> EvaluationReport:
     """Rank every query against ``index`` and compute metrics and per-stage latency.
 
     Latency is measured separately on the first ``latency_samples`` queries
@@ -59,26 +59,31 @@ def evaluate(index: PinIndex, queries: Sequence[GroundTruthQuery], *, depth: int
     open-set threshold) defaults to the index's calibrated threshold for
     verified runs; CLIP-only runs (``verify=False``) have none unless it is
     given, since their scores are cosines, not calibrated probabilities.
-    ``metrics["open_set"]["threshold_from"]`` records which it was.
+    ``metrics["open_set"]["threshold_from"]`` records which it was. ``candidates`` (tries verified per
+    photo, as ``identify --candidates`` sets it; default the index's setting) is the trade of recall for
+    time, so the latency is measured with it too.
     """
     threshold_from = THRESHOLD_GIVEN if threshold is not None else None
     if threshold is None and verify:
         threshold, threshold_from = index.calibration.unknown_below, THRESHOLD_CALIBRATION
     results = index.identify_many([q.image for q in queries], k=max(depth, max(RECALL_AT)), batch_size=batch_size,
-                                  verify=verify, on_progress=on_progress)
+                                  verify=verify, candidates=candidates, on_progress=on_progress)
     outcomes = [QueryOutcome(query, result.matches, result.error, result.confidence)
                 for query, result in zip(queries, results)]
     metrics = compute_metrics(outcomes, threshold)
     metrics["open_set"]["threshold_from"] = threshold_from
-    metrics["latency_ms"] = measure_latency(index, [q.image for q in queries[:latency_samples]], verify=verify)
+    metrics["latency_ms"] = measure_latency(index, [q.image for q in queries[:latency_samples]], verify=verify,
+                                            candidates=candidates)
     recorded = index.manifest.encoder or {"model": "local features only", "pretrained": None}
     metrics["index"] = {"path": str(index.path), "pins": index.manifest.pins,
                         "images": index.manifest.images, "encoder": recorded["model"],
-                        "pretrained": recorded.get("pretrained"), "verified": verify}
+                        "pretrained": recorded.get("pretrained"), "verified": verify,
+                        "candidates": index.recogniser.config.candidates.max_tries if candidates is None else candidates}
     return EvaluationReport(metrics, outcomes)
 
 
-def measure_latency(index: PinIndex, images: Sequence[Path], *, verify: bool = True) -> dict[str, Any]:
+def measure_latency(index: PinIndex, images: Sequence[Path], *, verify: bool = True,
+                    candidates: int | None = None) -> dict[str, Any]:
     """p50/p90/p95 for single queries: verified identification end to end, or CLIP load+encode/search."""
     if not images:
         return {"samples": 0}
@@ -86,7 +91,7 @@ def measure_latency(index: PinIndex, images: Sequence[Path], *, verify: bool = T
         totals = []
         for image in images:
             started = time.perf_counter()
-            index.identify_many([image], k=10)
+            index.identify_many([image], k=10, candidates=candidates)
             totals.append((time.perf_counter() - started) * 1e3)
         return {"samples": len(images), "total": _percentiles(totals)}
     encoder = index.encoder

@@ -297,7 +297,7 @@ class PinIndex:
                 geometrically and by colour, and each answer gets a calibrated confidence.
                 ``False`` ranks by CLIP similarity alone.
             candidates: (reference image, orientation) pairs verified per photo (default: the index's
-                ``LocalConfig.candidates.max_tries``, 70); also the depth of the CLIP top list.
+                ``LocalConfig.candidates.max_tries``, 90); also the depth of the CLIP top list.
             on_progress: ``(stage, done, total)`` with stage "identifying", once per photo answered.
 
         Returns:

@@ -110,3 +110,31 @@ def test_latency_of_clip_only_runs_is_split_by_stage(scored: tuple[Path, Path]) 
     latency = measure_latency(index, images, verify=False)
     assert latency["samples"] == 2 and {"load_encode", "search", "total"} <= latency.keys()
     assert all({"p50", "p90", "p95"} <= latency[stage].keys() for stage in ("load_encode", "search", "total"))
+
+
+def test_eval_verifies_as_many_tries_as_asked_and_times_them_so(scored: tuple[Path, Path], capsys,
+                                                                monkeypatch) -> None:
+    from pinid.identify.recogniser import Recogniser
+
+    index_dir, ground_truth = scored
+    limits: list[int | None] = []
+    real = Recogniser.identify
+
+    def counting(self, image, clip=(), *, k=5, limit=None, **rest):
+        limits.append(limit)
+        return real(self, image, clip, k=k, limit=limit, **rest)
+
+    monkeypatch.setattr(Recogniser, "identify", counting)
+    code, out, _ = run(capsys, "eval", "-i", index_dir, "--queries", ground_truth, "--candidates", "7", "--json",
+                       "--latency-samples", "2", "-q")
+    assert code == 0
+    result = json.loads(out)
+    assert result["index"]["candidates"] == 7
+    assert limits and set(limits) == {7}  # the scored photos and the two timed ones alike
+    assert len(limits) == 5 + 2  # five readable photos scored, two timed
+    limits.clear()
+    code, table, _ = run(capsys, "eval", "-i", index_dir, "--queries", ground_truth, "--latency-samples", "0", "-q")
+    default = PinIndex.load(index_dir, encoder=None).recogniser.config.candidates.max_tries
+    assert set(limits) == {default} and f"| tries verified per photo | {default} |" in table
+    code, _, err = run(capsys, "eval", "-i", index_dir, "--queries", ground_truth, "--candidates", "0", "-q")
+    assert code != 0 and "--candidates" in err
