@@ -141,17 +141,16 @@ def _row_owners(images: np.ndarray, rows: int) -> np.ndarray:
     4 bytes a row while image ids fit (8 beyond)."""
     small = not len(images) or int(images[:, 0].max()) < np.iinfo(np.int32).max
     owners = np.full(rows, -1, np.int32 if small else np.int64)
-    if len(images):
-        lengths = images[:, 2] - images[:, 1]
-        owners[np.repeat(images[:, 1], lengths) + _ranks_within(lengths)] = np.repeat(images[:, 0], lengths)
+    owned, slot = _owned_rows(images)
+    owners[owned] = images[slot, 0]
     return owners
 
 
-def _ranks_within(lengths: np.ndarray) -> np.ndarray:
-    """0, 1, ... n-1 for each length n, concatenated."""
-    total = int(lengths.sum())
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.arange(total, dtype=np.int64) - starts
+def _owned_rows(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every row a live image owns, and that image's place in ``images`` (image id, first row, end row)."""
+    counts = images[:, 2] - images[:, 1]
+    rows = np.repeat(images[:, 1] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+    return rows, np.repeat(np.arange(len(images)), counts)
 
 
 def _pin_frame(keypoints: np.ndarray, images: np.ndarray, geometry: np.ndarray) -> np.ndarray:
@@ -165,9 +164,7 @@ def _pin_frame(keypoints: np.ndarray, images: np.ndarray, geometry: np.ndarray) 
     x0, y0 = np.where(no_box, 0.0, x0), np.where(no_box, 0.0, y0)
     x1, y1 = np.where(no_box, width, x1), np.where(no_box, height, y1)
     long_side = np.maximum(np.maximum(x1 - x0, y1 - y0), 1.0)
-    counts = images[:, 2] - images[:, 1]
-    rows = np.repeat(images[:, 1] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
-    owner = np.repeat(np.arange(len(images)), counts)  # each row's image (its place in ``images``)
+    rows, owner = _owned_rows(images)  # and each row's image (its place in ``images``)
     points = keypoints[rows]
     frame[rows, 0] = (points[:, 0] - 0.5 * (x0 + x1)[owner]) / long_side[owner]
     frame[rows, 1] = (points[:, 1] - 0.5 * (y0 + y1)[owner]) / long_side[owner]
