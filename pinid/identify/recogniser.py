@@ -260,15 +260,17 @@ class Recogniser:
 
     def _glances(self) -> GlanceIndex:
         if self._glance_index is None:
-            ids, histograms, shapes = [], [], []
+            ids, histograms, shapes, outlines = [], [], [], []
             for image_ids, colour, geometry in self.store.thumbnails():
                 found = reference_descriptors(colour, geometry)
                 ids.append(image_ids)
                 histograms.append(found[0])
                 shapes.append(found[1])
+                outlines.append(found[2])
             self._glance_index = GlanceIndex(np.concatenate(ids) if ids else np.zeros(0, np.int64),
                                              np.concatenate(histograms) if ids else np.zeros((0, HISTOGRAM_DIMS)),
-                                             np.concatenate(shapes) if ids else np.zeros((0, SHAPE_DIMS)))
+                                             np.concatenate(shapes) if ids else np.zeros((0, SHAPE_DIMS)),
+                                             np.concatenate(outlines) if ids else None)
         return self._glance_index
 
     def _glance(self, similar: np.ndarray | None, count: int, excluded: frozenset[int]) -> list[int]:

@@ -13,7 +13,12 @@ one with stars. This descriptor is that glance:
   rotation, mirroring, tilt and the pin's position;
 * **silhouette**: three numbers of the pin's outline (spread, solidity,
   proportions) that ignore rotation, mirroring and scale and change slowly
-  with tilt.
+  with tilt;
+* **outline**: how much the pin's outline overlaps each reference's, both
+  normalised by their second moments (which undoes any turn, scale and tilt:
+  :mod:`pinid.local.silhouette`) and compared at the best turn, as taken or
+  mirrored. A star, a shield, a cat's head: the outline is the one part of a
+  plain pin that a photo keeps whole, and three numbers tell little of it.
 
 Both are taken over the pin's filled outline: white enamel is pin in a photo
 but may match a product shot's backdrop.
@@ -39,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .silhouette import Silhouette, silhouette
+from .silhouette import POLAR_ANGLES, POLAR_RADII, OutlineBank, Silhouette, silhouette
 
 #: Histogram bins: lightness halves and a 16 x 16 grid of a* and b* over 64..192 (OpenCV's 8-bit Lab).
 LIGHTNESS_BINS, CHROMA_BINS = 2, 16
@@ -108,8 +113,9 @@ def filled(mask: np.ndarray) -> np.ndarray:
     return cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
 
 
-def reference_descriptors(colour: np.ndarray, geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Colour histograms (M, HISTOGRAM_DIMS) and silhouettes (M, SHAPE_DIMS) of stored reference images.
+def reference_descriptors(colour: np.ndarray, geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Colour histograms (M, HISTOGRAM_DIMS), silhouettes (M, SHAPE_DIMS) and outline signatures (M,
+    POLAR_RADII, POLAR_ANGLES; zeros where too small) of stored reference images.
 
     ``colour``: (M, T, T, 4) Lab thumbnails of the pin boxes with the pin mask
     in the last channel; ``geometry``: (M, 6) width, height and pin box. The
@@ -121,6 +127,7 @@ def reference_descriptors(colour: np.ndarray, geometry: np.ndarray) -> tuple[np.
     count = len(colour)
     histograms = np.zeros((count, HISTOGRAM_DIMS), np.float32)
     shapes = np.zeros((count, SHAPE_DIMS), np.float32)
+    outlines = np.zeros((count, POLAR_RADII, POLAR_ANGLES), np.float32)
     side = colour.shape[1] if count else 0
     for i in range(count):
         thumbnail = np.asarray(colour[i])
@@ -134,7 +141,12 @@ def reference_descriptors(colour: np.ndarray, geometry: np.ndarray) -> tuple[np.
         aspect = box_width / box_height if box_width > 0 and box_height > 0 else 1.0
         size = (max(1, round(side * min(aspect, 1.0) * 2)), max(1, round(side / max(aspect, 1.0) * 2)))
         shapes[i] = shape_features(cv2.resize(inside.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST))
-    return histograms, shapes
+        # the thumbnail is the pin box squeezed square: its pixels, stretched back, are the box's proportions
+        outline = silhouette(inside, np.diag([box_width / side if box_width > 0 else 1.0,
+                                              box_height / side if box_height > 0 else 1.0, 1.0]))
+        if outline is not None:
+            outlines[i] = outline.signature
+    return histograms, shapes, outlines
 
 
 def _standing_out(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float, np.ndarray]:
@@ -243,17 +255,28 @@ def photo_descriptor(rgb: np.ndarray, found: Salient | None = None) -> tuple[np.
     return colour_histogram(lab[region > 0]), shape_features(region)
 
 
+def _spreads(values: np.ndarray) -> np.ndarray:
+    """``values`` less their mean, in units of their spread (z-scores)."""
+    return (values - values.mean()) / (values.std() + 1e-9)
+
+
 class GlanceIndex:
-    """Reference descriptors ready to rank a photo's glance against (exhaustive: M x 515 numbers).
+    """Reference descriptors ready to rank a photo's glance against (exhaustive: M x 515 numbers and M
+    outline spectra).
 
     The score is the colour affinity, in units of its spread over the
     catalogue, less ``shape_weight`` times each silhouette number's distance,
     in units of that number's spread over the catalogue (floored, so that in
-    a catalogue of one shape the photo's tilt decides nothing).
+    a catalogue of one shape the photo's tilt decides nothing); that, in
+    spreads over the catalogue, plus ``outline_weight`` times the outline
+    overlap in spreads over the catalogue. On 300 photos of the full benchmark
+    (seed 2) the outline moved the share whose true pin the glance ranks first
+    from 0.127 to 0.213, in its first 10 from 0.277 to 0.387 (README, "The
+    outline in the glance").
     """
 
     def __init__(self, image_ids: np.ndarray, histograms: np.ndarray, shapes: np.ndarray,
-                 shape_weight: float = 0.3) -> None:
+                 outlines: np.ndarray | None = None, shape_weight: float = 0.3, outline_weight: float = 1.0) -> None:
         self.image_ids = np.asarray(image_ids, np.int64)
         self.histograms = np.asarray(histograms, np.float32)
         shapes = np.asarray(shapes, np.float32).reshape(-1, SHAPE_DIMS)
@@ -262,6 +285,9 @@ class GlanceIndex:
         self.shape_scale = np.maximum(shapes.std(axis=0), _MIN_SHAPE_SPREAD) if len(shapes) else np.ones(SHAPE_DIMS)
         self.shapes = ((shapes - self.shape_mean) / self.shape_scale).astype(np.float32)
         self.shape_weight = shape_weight
+        # no outlines given (or all empty): the glance is colours and silhouette numbers alone
+        self.outlines = None if outlines is None or not np.any(outlines) else OutlineBank(outlines)
+        self.outline_weight = outline_weight
         self.rows = {int(image_id): row for row, image_id in enumerate(self.image_ids.tolist())}
 
     def __len__(self) -> int:
@@ -279,8 +305,9 @@ class GlanceIndex:
         """
         if not len(self):
             return None
-        seen = photo_descriptor(rgb, found)
-        if seen is None:
+        found = salient_region(rgb) if found is None else found
+        seen = None if found is None else photo_descriptor(rgb, found)
+        if found is None or seen is None:
             return None
         histogram, shape = seen
         colour = self.histograms @ histogram
@@ -288,7 +315,13 @@ class GlanceIndex:
         if self.shape_weight:
             closeness = -np.abs(self.shapes - (shape - self.shape_mean) / self.shape_scale)
             score = score + self.shape_weight * closeness.sum(axis=1)
-        return (score - score.mean()) / (score.std() + 1e-9)
+        score = _spreads(score)
+        if self.outlines is not None and self.outline_weight:
+            # the region as found, even where the photo's edge cuts it: a likeness, not a map to trust
+            outline = silhouette(found[1], np.eye(3))
+            if outline is not None:
+                score = _spreads(score + self.outline_weight * _spreads(self.outlines.overlaps(outline)))
+        return score
 
     def rank(self, rgb: np.ndarray, count: int) -> list[int]:
         """The ``count`` reference image ids whose glance is nearest the photo's, nearest first."""

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pinid.local.silhouette import POLAR_ANGLES, POLAR_RADII, outline_maps, silhouette
+from pinid.local.silhouette import POLAR_ANGLES, POLAR_RADII, OutlineBank, outline_maps, silhouette
 
 
 def _asymmetric_mask() -> np.ndarray:
@@ -52,3 +52,31 @@ def test_too_small_a_mask_or_a_line_has_no_silhouette() -> None:
     assert silhouette(tiny, np.eye(3)) is None
     assert silhouette(line, np.eye(3)) is None
     assert silhouette(np.zeros((20, 20), np.uint8), np.eye(3)) is None
+
+
+def _shapes() -> list[np.ndarray]:
+    """Four outlines on 48-px thumbnails: the asymmetric L, a disc, a triangle, a five-pointed star."""
+    disc, triangle, star = (np.zeros((48, 48), np.uint8) for _ in range(3))
+    cv2.circle(disc, (24, 24), 18, 1, -1)
+    cv2.fillPoly(triangle, [np.array([[24, 4], [44, 42], [4, 42]], np.int32)], 1)
+    angles = np.deg2rad(np.arange(10) * 36.0 - 90.0)
+    radii = np.where(np.arange(10) % 2, 8.0, 21.0)
+    cv2.fillPoly(star, [np.c_[24 + radii * np.cos(angles), 25 + radii * np.sin(angles)].astype(np.int32)], 1)
+    return [_asymmetric_mask(), disc, triangle, star]
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_the_bank_overlaps_a_photo_with_every_outline_as_outline_maps_does_one_by_one(mirrored: bool) -> None:
+    """One product of spectra for a whole catalogue; the mirrored spectrum is derived, not kept."""
+    references = [silhouette(mask, np.diag([2.0, 1.5, 1.0])) for mask in _shapes()]
+    bank = OutlineBank(np.stack([r.signature for r in references]))
+    assert len(bank) == 4 and bank.spectra.shape == (4, POLAR_RADII, POLAR_ANGLES // 2 + 1)
+    linear = np.array([[0.7, 0.25], [-0.3, 0.6]]) @ (np.diag([-1.0, 1.0]) if mirrored else np.eye(2))
+    for truth, mask in enumerate(_shapes()):
+        photo_mask = cv2.warpAffine(mask * 255, np.c_[linear * 4, [150.0, 120.0]], (400, 350)) > 127
+        photo = silhouette(photo_mask, np.eye(3))
+        found = bank.overlaps(photo)
+        one_by_one = [outline_maps(photo, reference, peaks=POLAR_ANGLES)[0][0] for reference in references]
+        assert np.allclose(found, one_by_one, atol=1e-4)
+        assert int(np.argmax(found)) == truth and found[truth] > 0.9
+    assert OutlineBank(np.zeros((0, POLAR_RADII, POLAR_ANGLES))).overlaps(photo).shape == (0,)
