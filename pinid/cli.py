@@ -531,12 +531,14 @@ def _describe_weights(calibration: dict[str, Any]) -> str:
     from .identify.confidence import Calibration
 
     weights = Calibration.from_dict(calibration).weights()
+    second_order = sum(1 for name, weight in weights.items() if "*" in name and weight)
     clip = (f"CLIP margin {weights['clip_margin']:+.2f}, cosine {weights['clip_cosine']:+.2f}"
             if weights["clip_margin"] or weights["clip_cosine"] else "CLIP unused (weight 0)")
     return (f"{clip}; aligned {weights['aligned']:+.2f}, log inliers {weights['log_distinct_inliers']:+.2f}, "
             f"inlier ratio {weights['inlier_ratio']:+.2f}, colour {weights['colour_distance']:+.2f} per 10 Lab, "
             f"vote share {weights['vote_share']:+.2f}, glance {weights['glance']:+.2f}, "
-            f"structure {weights['structure']:+.2f}")
+            f"structure {weights['structure']:+.2f}"
+            + (f"; and {second_order} products of inliers, colour, structure and glance" if second_order else ""))
 
 
 def _describe_self_test(figures: dict[str, Any]) -> str:

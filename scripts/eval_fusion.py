@@ -35,9 +35,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pinid.evaluation.calibrate import identify_simulated, labelled_candidates
 from pinid.evaluation.metrics import auroc
 from pinid.evaluation.queries import GroundTruthQuery, read_queries, sample_queries
-from pinid.evaluation.calibrate import identify_simulated
 from pinid.evaluation.simulate import PhotoSimulator, Unreadable, catalogue_pins
 from pinid.identify.confidence import Calibration, LabelledPhoto, candidate_features, fit_calibration
 from pinid.index import PinIndex
@@ -45,15 +45,14 @@ from pinid.index import PinIndex
 
 def verified(index: PinIndex, queries: Sequence[GroundTruthQuery], label: str) -> list[LabelledPhoto]:
     """Every query's verified candidates, labelled by its pin."""
-    samples = []
     start = time.perf_counter()
-    for number, query in enumerate(queries, 1):
-        ranked, _ = index.verified_candidates(query.image)
-        samples.append(LabelledPhoto(ranked, [index.pin_of(c) == query.pin_id for c in ranked]))
-        if number % 100 == 0 or number == len(queries):
-            print(f"  {label}: {number}/{len(queries)} photos, {time.perf_counter() - start:.0f} s",
+
+    def progress(_: str, number: int, total: int) -> None:
+        if number % 100 == 0 or number == total:
+            print(f"  {label}: {number}/{total} photos, {time.perf_counter() - start:.0f} s",
                   file=sys.stderr, flush=True)
-    return samples
+
+    return labelled_candidates(index, queries, on_progress=progress)
 
 
 def simulated(index: PinIndex, count: int, seed: int, label: str) -> list[LabelledPhoto]:

@@ -20,9 +20,15 @@ import json
 import sys
 from pathlib import Path
 
-from pinid.identify.confidence import LabelledPhoto, fit_calibration
+from pinid.evaluation.calibrate import labelled_candidates
 from pinid.evaluation.queries import read_queries, sample_queries
+from pinid.identify.confidence import fit_calibration
 from pinid.index import PinIndex
+
+
+def progress(_: str, done: int, total: int) -> None:
+    if done % 50 == 0:
+        print(f"{done}/{total} photos", file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -41,12 +47,7 @@ def main() -> None:
     every = read_queries(args.bench / "queries.csv")
     held_out = {q.query_id for q in sample_queries(every, args.holdout, seed=args.holdout_seed)}
     queries = sample_queries([q for q in every if q.query_id not in held_out], args.queries, seed=args.seed)
-    samples = []
-    for number, query in enumerate(queries, 1):
-        ranked, _ = index.verified_candidates(query.image)
-        samples.append(LabelledPhoto(ranked, [index.pin_of(c) == query.pin_id for c in ranked]))
-        if number % 50 == 0:
-            print(f"{number}/{len(queries)} photos", file=sys.stderr, flush=True)
+    samples = labelled_candidates(index, queries, on_progress=progress)
     truth = [t for sample in samples for t in sample.truth]
     fitted_on = (f"{len(queries)} photos (seed {args.seed}, outside eval sample {args.holdout}/seed "
                  f"{args.holdout_seed}) of {args.bench.name}, index {args.index.name} "

@@ -104,6 +104,14 @@ def test_fit_calibration(bench_index: Path, bench: Path, tmp_path: Path) -> None
     assert (bench_index / "manifest.json").read_bytes() == before  # without --apply the index is untouched
 
 
+def test_compare_rankings(bench_index: Path, bench: Path) -> None:
+    out = run_script("compare_rankings.py", bench_index, bench, "--queries", 10, "--holdout", 6).stdout
+    assert "| recall@1, single | right colourway at 1 | AUROC |" in out
+    for name in ("the index's own calibration", "pointwise, first order", "pointwise, with second order",
+                 "photo by photo, first order", "photo by photo, with second order (pinid's fit)"):
+        assert f"| {name} | " in out
+
+
 def test_fit_descriptor_pca(bench: Path, tmp_path: Path) -> None:
     out = run_script("fit_descriptor_pca.py", bench / "catalogue", "-o", tmp_path / "pca.npy", "--images", 1).stdout
     assert "descriptors from 1 product shots" in out and "variance kept" in out
@@ -170,7 +178,7 @@ def test_eval_fusion(bench: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
 SMOKE_TESTS: dict[str, Callable[..., None]] = {
     "bench_core.py": test_bench_core, "bench_dedup.py": test_bench_dedup, "bench_verify.py": test_bench_verify,
     "bench_reference_size.py": test_bench_reference_size,
-    "eval_dedup.py": test_eval_dedup, "eval_fusion.py": test_eval_fusion, "fit_calibration.py": test_fit_calibration,
+    "compare_rankings.py": test_compare_rankings, "eval_dedup.py": test_eval_dedup, "eval_fusion.py": test_eval_fusion, "fit_calibration.py": test_fit_calibration,
     "fit_descriptor_pca.py": test_fit_descriptor_pca, "make_benchmark.py": test_make_benchmark,
     "make_examples.py": test_make_examples, "probe_local_features.py": test_probe_local_features,
     "train_standin.py": test_train_standin,

@@ -34,6 +34,7 @@ from ..index import PinIndex
 from ..results import Progress
 from ..tables import TableError, printable, read_rows
 from .metrics import auroc
+from .queries import GroundTruthQuery
 from .simulate import (SIMULATED_PHOTOS, UNKNOWN_SHARE, PhotoSimulator, SimulatedPhoto, Unreadable, catalogue_pins,
                        in_order)
 
@@ -199,6 +200,19 @@ def calibrate_simulated(index: PinIndex, *, photos: int = SIMULATED_PHOTOS, seed
     calibration = replace(calibration, self_test=figures)
     index.replace_calibration(calibration)
     return CalibrationReport(calibration, len(samples), skipped)
+
+
+def labelled_candidates(index: PinIndex, queries: Sequence[GroundTruthQuery], *, stage: str = "identifying",
+                        on_progress: Progress | None = None) -> list[LabelledPhoto]:
+    """Each ground-truth photo's verified candidates, labelled by its pin: what a calibration is fitted on
+    and scored by (the candidates do not depend on the calibration, so one gathering serves every fit)."""
+    samples = []
+    for number, query in enumerate(queries, 1):
+        ranked, _ = index.verified_candidates(query.image)
+        samples.append(LabelledPhoto(ranked, [index.pin_of(c) == query.pin_id for c in ranked]))
+        if on_progress is not None:
+            on_progress(stage, number, len(queries))
+    return samples
 
 
 def self_test(index: PinIndex, calibration: Calibration, samples: Sequence[LabelledPhoto],

@@ -170,7 +170,8 @@ def clip_trusting() -> Calibration:
     weights = {"aligned": 4.0, "log_distinct_inliers": 2.6, "inlier_ratio": 6.4, "colour_distance": -0.84,
                "clip_cosine": 0.0, "clip_margin": 30.0, "vote_share": 0.5, "glance": 0.0,
                "structure": 0.0}
-    return Calibration((-6.0, *(weights[name] for name in RANKING_FEATURES)), (-0.3, 0.8, 0.4), 0.5, "test")
+    return Calibration((-6.0, *(weights.get(name, 0.0) for name in RANKING_FEATURES)), (-0.3, 0.8, 0.4), 0.5,
+                       "test")
 
 
 def test_unaligned_candidates_are_ranked_by_clip_and_a_clear_clip_leader_is_the_answer(parts) -> None:
