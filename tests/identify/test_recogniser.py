@@ -159,8 +159,9 @@ def test_strict_verification_aligns_nothing(parts) -> None:
     ranked, _ = strict.candidates(photo_of(pin(5)))
     assert ranked and not any(c.aligned for c in ranked)
     answer = strict.identify(photo_of(pin(5)))
-    # the shipped calibration gives the vote alone a little weight (7 % for the leading vote, with the vote by pose)
-    assert answer.unknown and answer.confidence < 0.1
+    # the shipped calibration gives the vote alone a little weight (12 % for the leading vote, with the vote by
+    # pose and the ranking fitted photo by photo)
+    assert answer.unknown and answer.confidence < 0.2
     assert strict.find_all(photo_of(pin(5))) == []
 
 
@@ -191,7 +192,7 @@ def test_unaligned_candidates_are_ranked_by_clip_and_a_clear_clip_leader_is_the_
     assert close.confidence < answer.confidence and close.unknown
     # a calibration that learned nothing from CLIP (the shipped one: local features only) says unknown
     shipped = Recogniser(store, vocabulary, table, default_calibration(), strict).identify(photo, clip)
-    assert shipped.unknown and shipped.confidence < 0.1
+    assert shipped.unknown and shipped.confidence < 0.2
 
 
 def test_an_aligned_candidate_with_strong_geometry_beats_a_clip_leader(parts) -> None:
