@@ -178,7 +178,8 @@ def test_eval_fusion(bench: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
 SMOKE_TESTS: dict[str, Callable[..., None]] = {
     "bench_core.py": test_bench_core, "bench_dedup.py": test_bench_dedup, "bench_verify.py": test_bench_verify,
     "bench_reference_size.py": test_bench_reference_size,
-    "compare_rankings.py": test_compare_rankings, "eval_dedup.py": test_eval_dedup, "eval_fusion.py": test_eval_fusion, "fit_calibration.py": test_fit_calibration,
+    "compare_rankings.py": test_compare_rankings, "eval_dedup.py": test_eval_dedup,
+    "eval_fusion.py": test_eval_fusion, "fit_calibration.py": test_fit_calibration,
     "fit_descriptor_pca.py": test_fit_descriptor_pca, "make_benchmark.py": test_make_benchmark,
     "make_examples.py": test_make_examples, "probe_local_features.py": test_probe_local_features,
     "train_standin.py": test_train_standin,
