@@ -16,7 +16,7 @@ manifest and hands back to its ``Recogniser``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Collection, Sequence, TypeVar
+from typing import Any, Callable, Collection, Iterator, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -336,7 +336,7 @@ class Recogniser:
                 continue
             found = ballot(self.vocabulary, self.store.row_image, seen.descriptors, seen.keypoints,
                            self.store.vote_keypoints, config=self.config.vote)
-            matches = _matches_by_image(found) if config.screened_candidates else {}
+            matches_of = _matches_by_image(found)
             screened = 0
             for image_id, total in zip(found.images.tolist(), found.totals.tolist()):
                 if image_id in excluded:
@@ -344,7 +344,7 @@ class Recogniser:
                 quick = 0
                 if screened < config.screened_candidates and image_id in self.store:
                     screened += 1
-                    query_rows, reference_rows = matches.get(image_id, (np.zeros(0, np.int64),) * 2)
+                    query_rows, reference_rows = matches_of(image_id)
                     keypoints, first_row, long_side = self.store.keypoints(image_id)
                     quick = quick_inliers(seen.keypoints[query_rows], keypoints[reference_rows - first_row],
                                           long_side, config=self.config.verify)
@@ -615,13 +615,23 @@ def _strongest_each(verifications: list[Verification]) -> list[Verification]:
     return list(best.values())
 
 
-def _matches_by_image(found: Ballot) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The ballot's matches grouped by image: (query rows, global reference rows)."""
+def _matches_by_image(found: Ballot) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+    """The ballot's matches of one image: (query rows, global reference rows), none for an image without.
+
+    Grouped once, sliced on demand: a ballot names thousands of images, of which only the screened few are asked.
+    """
     order = np.argsort(found.match_images, kind="stable")
     images, starts = np.unique(found.match_images[order], return_index=True)
-    ends = np.r_[starts[1:], len(order)]
-    return {int(image_id): (found.query_rows[order[start:end]], found.reference_rows[order[start:end]])
-            for image_id, start, end in zip(images.tolist(), starts.tolist(), ends.tolist())}
+    spans = dict(zip(images.tolist(), zip(starts.tolist(), np.r_[starts[1:], len(order)].tolist())))
+    nothing = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def matches_of(image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if image_id not in spans:
+            return nothing
+        start, end = spans[image_id]
+        return found.query_rows[order[start:end]], found.reference_rows[order[start:end]]
+
+    return matches_of
 
 
 def _box_to_box(source: tuple[float, float, float, float], target: tuple[float, float, float, float]) -> np.ndarray:
@@ -631,11 +641,14 @@ def _box_to_box(source: tuple[float, float, float, float], target: tuple[float, 
     return np.array([[sx, 0.0, target[0] - sx * source[0]], [0.0, sy, target[1] - sy * source[1]], [0.0, 0.0, 1.0]])
 
 
-def _interleave(first: Sequence[int], second: Sequence[int]) -> list[int]:
-    merged = []
+def _interleave(first: Sequence[T], second: Sequence[T]) -> Iterator[T]:
+    """One of each in turn, then the rest of the longer; lazily, since a vote names thousands of images and
+    the tries take the first few dozen."""
     for i in range(max(len(first), len(second))):
-        merged.extend(seq[i] for seq in (first, second) if i < len(seq))
-    return merged
+        if i < len(first):
+            yield first[i]
+        if i < len(second):
+            yield second[i]
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:

@@ -251,21 +251,57 @@ def seeded_affine(query_kp: np.ndarray, ref_kp: np.ndarray, threshold: float, *,
     support = followers.sum(axis=1)
     chosen = np.argsort(-support, kind="stable")[:seeds]
     chosen = chosen[support[chosen] >= 3]  # fewer followers fix no affine map
-    best: tuple[int, np.ndarray | None, np.ndarray] = (0, None, np.zeros(count, bool))
+    if not len(chosen):
+        return None, np.zeros(count, bool)
     # proposals of one group of right matches have the same followers: refine each set of followers once
-    _, first = np.unique(np.packbits(followers[chosen], axis=1), axis=0, return_index=True)
-    for seed in chosen[np.sort(first)]:
-        agree, affine = followers[seed], None
-        for factor in (2.0, 1.0, 1.0):
-            if agree.sum() < 3:
-                break
-            solution, *_ = np.linalg.lstsq(np.c_[query_xy[agree], np.ones(int(agree.sum()))], ref_xy[agree],
-                                           rcond=None)
-            affine = solution.T
-            agree = np.linalg.norm(query_xy @ affine[:, :2].T + affine[:, 2] - ref_xy, axis=1) < factor * threshold
-        if affine is not None and agree.sum() > best[0]:
-            best = (int(agree.sum()), affine, agree)
-    return best[1], best[2]
+    first_of: dict[bytes, int] = {}
+    for seed, packed in zip(chosen.tolist(), np.packbits(followers[chosen], axis=1)):
+        first_of.setdefault(packed.tobytes(), seed)
+    agree = followers[list(first_of.values())]
+    affines = np.full((len(agree), 2, 3), np.nan)
+    fitted = np.zeros(len(agree), bool)
+    for factor in (2.0, 1.0, 1.0):
+        active = agree.sum(axis=1) >= 3  # fewer fix no affine map: that proposal keeps its last fit
+        if not active.any():
+            break
+        affines[active] = _affine_fits(query_xy, ref_xy, agree[active])
+        fitted |= active
+        residuals = np.einsum("mij,nj->mni", affines[active, :, :2], query_xy) + affines[active, None, :, 2] - ref_xy
+        agree[active] = np.sqrt(np.square(residuals).sum(axis=2)) < factor * threshold
+    counts = np.where(fitted, agree.sum(axis=1), 0)
+    best = int(np.argmax(counts))  # the first of the largest, in the order the proposals were found
+    if counts[best] <= 0:
+        return None, np.zeros(count, bool)
+    return affines[best], agree[best]
+
+
+def _affine_fits(query_xy: np.ndarray, ref_xy: np.ndarray, subsets: np.ndarray) -> np.ndarray:
+    """Least-squares affine maps (m, 2, 3), photo -> reference, one for each subset (m, n booleans) of the matches.
+
+    All at once by their normal equations, in coordinates centred on each
+    subset's mean (well conditioned); a subset whose points lie on a line has
+    no single map, and takes ``lstsq``'s smallest one as before.
+    """
+    weights = subsets.astype(np.float64)
+    sizes = weights.sum(axis=1)
+    query_mean = weights @ query_xy / sizes[:, None]
+    ref_mean = weights @ ref_xy / sizes[:, None]
+    centred = query_xy[None] - query_mean[:, None]  # (m, n, 2)
+    ref_centred = ref_xy[None] - ref_mean[:, None]
+    normal = np.einsum("mn,mni,mnj->mij", weights, centred, centred)
+    moments = np.einsum("mn,mni,mnk->mik", weights, centred, ref_centred)
+    linear = np.empty((len(subsets), 2, 2))
+    scale = np.maximum(np.abs(normal).max(axis=(1, 2)), 1e-12)
+    solvable = np.abs(np.linalg.det(normal)) > 1e-9 * scale ** 2
+    if solvable.any():
+        linear[solvable] = np.linalg.solve(normal[solvable], moments[solvable]).transpose(0, 2, 1)
+    for row in np.flatnonzero(~solvable):
+        rows = subsets[row]
+        solution, *_ = np.linalg.lstsq(np.c_[query_xy[rows], np.ones(int(rows.sum()))], ref_xy[rows], rcond=None)
+        linear[row] = solution[:2].T
+        ref_mean[row] = solution[2] + linear[row] @ query_mean[row]
+    shift = ref_mean - np.einsum("mij,mj->mi", linear, query_mean)
+    return np.concatenate([linear, shift[:, :, None]], axis=2)
 
 
 def _sane(homography: np.ndarray, outline: np.ndarray, photo_area: float, config: VerifyConfig) -> bool:
@@ -618,13 +654,22 @@ def colour_regions(pixels: np.ndarray, most: int) -> np.ndarray:
     (fewer when the pixels have fewer distinct colours), seeded so that one input gives one answer."""
     import cv2
 
-    regions = min(most, len(np.unique(pixels.astype(np.int32) // 8, axis=0)))
+    regions = min(most, _distinct_colours(pixels))
     if regions <= 1:
         return np.zeros(len(pixels), np.int32)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
     cv2.setRNGSeed(0)
     _, labels, _ = cv2.kmeans(pixels, regions, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
     return labels.ravel()
+
+
+def _distinct_colours(pixels: np.ndarray) -> int:
+    """How many distinct colours (each channel in steps of 8) the pixels hold: as one integer per pixel, which
+    ``np.unique`` counts many times faster than rows."""
+    steps = pixels.astype(np.int64) // 8
+    steps -= steps.min(axis=0, initial=0)
+    sizes = steps.max(axis=0, initial=0) + 1
+    return len(np.unique((steps[:, 0] * sizes[1] + steps[:, 1]) * sizes[2] + steps[:, 2]))
 
 
 def verify(query: Features, photo_lab: np.ndarray, candidates: list[tuple[int, ReferenceEntry]],

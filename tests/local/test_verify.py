@@ -196,6 +196,28 @@ def test_seeded_affine_finds_a_few_true_matches_among_many_wrong_ones() -> None:
     assert nothing is None and not none.any()  # two matches fix no affine map
 
 
+def test_the_affine_fits_made_all_at_once_are_the_least_squares_fits_even_on_a_line() -> None:
+    """``seeded_affine`` refines its proposals together by their normal equations; each map must be the one
+    ``lstsq`` fits to its subset, including subsets with repeated points or all on one line (no single map:
+    ``lstsq``'s smallest)."""
+    from pinid.local.verify import _affine_fits
+
+    rng = np.random.default_rng(3)
+    photo = rng.uniform(0, 800, (40, 2))
+    photo[5:9] = photo[4]  # one keypoint found at several orientations
+    photo[20:30, 1] = 0.5 * photo[20:30, 0] + 7.0  # ten on a line
+    reference = photo @ np.array([[0.8, -0.3], [0.25, 1.1]]).T + [30.0, -12.0] + rng.normal(0, 2.0, (40, 2))
+    subsets = rng.random((60, 40)) < 0.3
+    subsets[0] = False
+    subsets[0, 20:30] = True  # the line alone
+    subsets[1] = False
+    subsets[1, [4, 5, 6, 7, 8, 12]] = True  # one point five times and another: a line too
+    fitted = _affine_fits(photo, reference, subsets)
+    for subset, affine in zip(subsets, fitted):
+        solution, *_ = np.linalg.lstsq(np.c_[photo[subset], np.ones(int(subset.sum()))], reference[subset], rcond=None)
+        assert np.allclose(affine, solution.T, rtol=1e-6, atol=1e-6)
+
+
 def test_verify_config_is_obeyed() -> None:
     """The same photo and reference that align by default do not under a stricter ``VerifyConfig``."""
     reference = pin(3)
