@@ -251,7 +251,7 @@ def _calibrate_new_index(index: Any, photos: int | None, workers: int, quiet: bo
               help="with --multi and one photo: draw the pins found on it into this PNG")
 @click.option("--no-verify", is_flag=True, help="rank by CLIP similarity alone (no geometry, colour or confidence)")
 @click.option("--candidates", type=click.IntRange(min=1, max=500), default=None,
-              help="tries (reference image, orientation) verified per photo [default: the index's setting, 90]")
+              help="tries (reference image, orientation) verified per photo [default: the index's setting, 80]")
 @_model_option
 @_pretrained_option
 @_device_option
@@ -628,7 +628,7 @@ def calibrate(index_dir: Path, photos: Path | None, simulate: int | None, seed: 
               help="queries timed one by one for the latency rows")
 @click.option("--candidates", type=click.IntRange(min=1, max=500), default=None,
               help="tries verified per photo, as `identify --candidates` (more: higher recall, slower) "
-                   "[default: the index's setting, 90]")
+                   "[default: the index's setting, 80]")
 @_device_option
 @_offline_option
 @_threads_option

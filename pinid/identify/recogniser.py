@@ -47,8 +47,10 @@ class CandidateConfig(Config):
     # (image, orientation) pairs verified per single-pin photo, from CLIP, the glance and both votes (photo and
     # mirror image) in one list: 70 found as many true pins on 300 full-benchmark photos as 50 images of one vote did.
     # Once the early stop at 8 inliers saved time: 90 put 0.503 / 0.543 of 300 photos (seeds 2 / 5) first against
-    # 0.493 / 0.527 at 70, at p50 357 / 369 ms against 340 / 350
-    max_tries: int = 90
+    # 0.493 / 0.527 at 70, at p50 357 / 369 ms against 340 / 350. Once the glance's tries went in with the first
+    # (glance_tries_first), 80 with a first step of 10 answered as 90 and 15 had (300 photos, seed 7, with
+    # max_query_features 1,000: 4 photos won, 4 lost) at p90 639 against 772 ms (README, "Faster answers")
+    max_tries: int = 80
     max_board_candidates: int = 80  # ... per board photo
     max_colourway_sources: int = 3  # aligned candidates (of different designs) whose colourways are checked too
     # ... on a board, which holds several pins: with 3, a board's fourth design had no colourway to lose to, and
@@ -69,9 +71,12 @@ class CandidateConfig(Config):
     # is not verified further (0: always every try). On 300 full-benchmark photos 12 answered as every try did
     # (first 0.410; one true pin fewer aligned) with p50 / p90 412 / 657 ms against 437 / 689 at 20. Once the
     # vote's four images put the true one earlier: 20 / 12 first 0.493 at 420 / 669 ms, 20 / 8 0.493 at
-    # 381 / 604, 15 / 8 0.493 at 361 / 594, 20 / 6 0.483
-    first_tries: int = 15
+    # 381 / 604, 15 / 8 0.493 at 361 / 594, 20 / 6 0.483; 10 / 8 once the glance's tries go in with them
+    first_tries: int = 10
     sure_inliers: int = 8
+    # 1: the glance's tries are verified with the first first_tries, so that a sure alignment among those does
+    # not leave them untried (0: they wait with the rest of the vote's)
+    glance_tries_first: int = 1
     # of a board photo, the separate regions that stand out from its backdrop (pinid.local.glance.pin_regions),
     # largest first, each cut out with this margin (a share of its long side) and identified as a single-pin photo;
     # pooled with the board-wide candidates. On the 300 full-benchmark boards recall at confidence 0.5 went from
@@ -101,6 +106,7 @@ class CandidateConfig(Config):
               "sure_inliers, outline_candidates, board_regions, board_region_margin and board_found_cuts must be "
               "at least 0")
         check(0 <= self.same_pin_overlap_above <= 1, "same_pin_overlap_above must be in [0, 1]")
+        check(self.glance_tries_first in (0, 1), "glance_tries_first must be 0 or 1")
 
 
 @dataclass(frozen=True)
@@ -220,12 +226,18 @@ class Recogniser:
                 tries.append(pair)
         _extend(tries, glance_tries, limit + len(glance_tries) - len(glance))
         lab = cv2.cvtColor(np.asarray(work), cv2.COLOR_RGB2LAB)
-        # the cascade's last step: when one of the first tries aligns beyond doubt, the rest cannot change the answer
+        # the cascade's last step: when one of the first tries aligns beyond doubt, the rest cannot change the answer.
+        # The glance's tries go in with the first: they find the plain pins that the vote's sure alignments miss
         first = tries[:config.candidates.first_tries] if config.candidates.sure_inliers and not board else tries
+        if config.candidates.glance_tries_first and len(first) < len(tries):
+            first = first + [pair for pair in tries[len(first):] if pair in glance_tries]
         checked = self._verify(first, features, mirror, lab)
         if len(first) < len(tries) and not any(v.aligned and v.distinct_inliers >= config.candidates.sure_inliers
                                                for v in checked):
-            checked += self._verify(tries[len(first):], features, mirror, lab)
+            verified = dict(zip(first, checked))
+            rest = [pair for pair in tries if pair not in verified]
+            verified.update(zip(rest, self._verify(rest, features, mirror, lab)))
+            checked = [verified[pair] for pair in tries]  # in the order of the tries, as if verified at once
         checked = _strongest_each(checked)
         if similar is not None and salient is not None and config.candidates.outline_candidates:
             checked = self._with_outlines(checked, similar, photo_silhouette(np.asarray(work), salient), lab,

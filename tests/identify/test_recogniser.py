@@ -294,7 +294,9 @@ def test_both_votes_make_one_list_of_tries_each_image_in_the_orientation_that_vo
 def test_each_try_is_verified_in_its_own_orientation(parts, monkeypatch) -> None:
     from PIL import ImageOps
 
-    rec = recogniser(parts, LocalConfig(candidates=CandidateConfig(glance_candidates=0)))
+    # (1,500 keypoints, as written: with 1,000 this busy photo keeps 6 distinct inliers mirrored, 3 as taken)
+    rec = recogniser(parts, LocalConfig(candidates=CandidateConfig(glance_candidates=0),
+                                        features=FeatureConfig(max_query_features=1500)))
     mirrored = ImageOps.mirror(photo_of(pin(5)))
 
     def tried(tries: list[tuple[int, bool]]) -> dict[int, object]:
@@ -320,9 +322,10 @@ def test_verification_stops_after_the_first_tries_when_one_aligns_beyond_doubt(p
         assert ranked[0].image_id == 3 and ranked[0].verification.distinct_inliers >= 6
         return sizes
 
-    assert tries_verified(CandidateConfig(first_tries=1, sure_inliers=6)) == [1]  # pin 5 came first and aligned
-    everything = tries_verified(CandidateConfig(first_tries=1, sure_inliers=1000))  # not sure: the rest too
-    assert everything[0] == 1 and sum(everything) > 1
+    # pin 5 came first and aligned (the glance's tries would go in with the first one)
+    assert tries_verified(CandidateConfig(first_tries=1, sure_inliers=6, glance_tries_first=0)) == [1]
+    everything = tries_verified(CandidateConfig(first_tries=1, sure_inliers=1000, glance_tries_first=0))
+    assert everything[0] == 1 and sum(everything) > 1  # not sure: the rest too
     assert tries_verified(CandidateConfig(first_tries=1, sure_inliers=0)) == [sum(everything)]  # 0: never stops
     board = tries_verified(CandidateConfig(first_tries=1, sure_inliers=6), board=True)
     assert len(board) == 1 and board[0] > 1  # a board is verified all at once: one pin found says nothing of the rest
@@ -476,6 +479,32 @@ def test_glance_candidates_go_in_after_the_votes_first_four_fifths(parts, monkey
     verified.clear()
     voting.candidates(photo_of(pin(5)), limit=10)
     assert verified == [as_taken + [(3, True), (0, True)]]  # what the vote brought already: only the other way
+
+
+def test_the_glances_tries_are_verified_with_the_first_so_that_a_sure_alignment_cannot_skip_them(
+        parts, monkeypatch) -> None:
+    def verified(config: CandidateConfig) -> list[list[tuple[int, bool]]]:
+        rec = recogniser(parts, LocalConfig(candidates=config))
+        votes = {3: 9.0, 0: 8.0, 1: 7.0, 2: 6.0, 4: 5.0}  # pin 5's image (3) first: it aligns beyond doubt
+        monkeypatch.setattr(rec, "_screen", lambda *args: (votes, [(image_id, False) for image_id in votes], False))
+        monkeypatch.setattr(rec, "_glance", lambda rgb, count, excluded: [4, 1][:count])
+        calls: list[list[tuple[int, bool]]] = []
+        real = rec._verify
+        monkeypatch.setattr(rec, "_verify", lambda pairs, *rest: calls.append(list(pairs)) or real(pairs, *rest))
+        ranked, _ = rec.candidates(photo_of(pin(5)), limit=10)
+        assert ranked[0].image_id == 3 and ranked[0].verification.distinct_inliers >= 6
+        return calls
+
+    sure_early = {"first_tries": 2, "sure_inliers": 6}
+    # the tries: the vote's five as taken, then the glance's two finds the other way round
+    assert verified(CandidateConfig(**sure_early, glance_tries_first=0)) == [[(3, False), (0, False)]]
+    assert verified(CandidateConfig(**sure_early)) == [[(3, False), (0, False), (1, False), (4, False), (4, True),
+                                                        (1, True)]]
+    # not sure after them: the rest follow
+    unsure = verified(CandidateConfig(first_tries=2, sure_inliers=1000))
+    assert unsure[1] == [(2, False)]
+    with pytest.raises(ValueError, match="glance_tries_first"):
+        CandidateConfig(glance_tries_first=2)
 
 
 def test_what_the_glance_finds_in_a_mirrored_photo_aligns_mirrored(parts, monkeypatch) -> None:

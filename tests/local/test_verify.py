@@ -414,7 +414,8 @@ def test_photo_of_a_catalogue_pin_is_identified_with_confidence(local_index: Pin
     answer = local_index.identify(photo, k=3)
     assert answer.matches[0].pin_id == "pin-006"
     assert not answer.unknown and answer.confidence is not None and answer.confidence > 0.9
-    assert answer.matches[0].inliers >= 10 and answer.matches[0].polygon is not None
+    # (8 where the photo keeps its 1,000 strongest keypoints, spread over it: the busy backdrop takes most)
+    assert answer.matches[0].inliers >= 8 and answer.matches[0].polygon is not None
 
 
 def test_recoloured_variant_is_told_apart(local_index: PinIndex) -> None:
