@@ -21,7 +21,6 @@ smallest size (tests/test_scripts.py).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,6 @@ from PIL import ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pinid.evaluation.queries import read_queries, sample_queries  # noqa: E402
-from pinid.identify.recogniser import LocalConfig  # noqa: E402
 from pinid.images import load_image  # noqa: E402
 from pinid.index import PinIndex  # noqa: E402
 
@@ -51,12 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     index = PinIndex.load(args.index, encoder=None)
     recogniser = index.recogniser
     if args.set:
-        settings = recogniser.config.to_dict()
-        for item in args.set:
-            name, _, value = item.partition("=")
-            section, _, key = name.partition(".")
-            settings[section][key] = json.loads(value)
-        recogniser.config = LocalConfig.from_dict(settings)
+        recogniser.config = recogniser.config.with_settings(args.set)
         if hasattr(recogniser.vocabulary, "probes"):  # the vocabulary took its probe count at load
             recogniser.vocabulary.probes = recogniser.config.vote.inverted_lists_probed
     limit = recogniser.config.candidates.max_tries

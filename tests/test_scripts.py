@@ -25,11 +25,11 @@ SCRIPTS = REPO / "scripts"
 TIMEOUT_S = 300
 
 
-def run_script(name: str, *args: object) -> subprocess.CompletedProcess[str]:
-    """Run ``scripts/NAME`` with ``args``; fail with its output if it does not exit 0."""
+def run_script(name: str, *args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/NAME`` with ``args``; fail with its output if it does not exit 0 (unless not ``check``)."""
     done = subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=TIMEOUT_S)
-    assert done.returncode == 0, f"{name} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert not check or done.returncode == 0, f"{name} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done
 
 
@@ -316,3 +316,17 @@ def test_probe_stages(bench_index: Path, bench: Path) -> None:
 
 
 SMOKE_TESTS["probe_stages.py"] = test_probe_stages
+
+
+def test_compare_settings(bench_index: Path, bench: Path) -> None:
+    out = run_script("compare_settings.py", bench_index, bench / "queries.csv", "--sample", 3, "--seed", 0,
+                     "--b", "candidates.max_tries=2", "--b", "features.max_query_features=300").stdout
+    assert "3 photos" in out and "| a: as the index | " in out
+    assert "| b: candidates.max_tries=2 features.max_query_features=300 | " in out
+    assert "right under b only: " in out
+    bad = run_script("compare_settings.py", bench_index, bench / "queries.csv", "--b", "candidates.max_triez=2",
+                     check=False)
+    assert bad.returncode == 2 and "unknown setting" in bad.stderr and "Traceback" not in bad.stderr
+
+
+SMOKE_TESTS["compare_settings.py"] = test_compare_settings

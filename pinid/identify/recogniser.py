@@ -15,6 +15,8 @@ manifest and hands back to its ``Recogniser``.
 
 from __future__ import annotations
 
+import json
+import reprlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Collection, Iterator, Sequence, TypeVar
 
@@ -121,6 +123,26 @@ class LocalConfig:
     def to_dict(self) -> dict[str, Any]:
         """``{"features": {...}, "vote": {...}, "verify": {...}, "candidates": {...}}``, every setting named."""
         return {name: getattr(self, name).to_dict() for name in _SECTIONS}
+
+    def with_settings(self, settings: Sequence[str]) -> "LocalConfig":
+        """This config with settings written ``SECTION.NAME=VALUE`` (VALUE as JSON) changed: what research
+        scripts' ``--set`` takes, checked as a manifest is.
+
+        Raises:
+            IndexFormatError: a setting not written so, an unknown section or name, or a bad value.
+        """
+        data = self.to_dict()
+        for setting in settings:
+            name, equals, value = setting.partition("=")
+            section, dot, key = name.partition(".")
+            if not (equals and dot) or section not in data:
+                raise IndexFormatError(f"{reprlib.repr(setting)} is no SECTION.NAME=VALUE setting "
+                                       f"(sections: {', '.join(_SECTIONS)})")
+            try:
+                data[section][key] = json.loads(value)
+            except json.JSONDecodeError:
+                raise IndexFormatError(f"{reprlib.repr(setting)}: the value is not a number or a list") from None
+        return LocalConfig.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: Any) -> "LocalConfig":

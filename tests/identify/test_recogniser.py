@@ -331,6 +331,20 @@ def test_verification_stops_after_the_first_tries_when_one_aligns_beyond_doubt(p
     assert len(board) == 1 and board[0] > 1  # a board is verified all at once: one pin found says nothing of the rest
 
 
+def test_settings_written_on_a_command_line_change_a_config_and_are_checked_as_a_manifest_is() -> None:
+    changed = LocalConfig().with_settings(["candidates.max_tries=12", "features.reference_view_long_sides_px=[64]",
+                                           "verify.max_illumination_tint=1.5"])
+    assert changed.candidates.max_tries == 12 and changed.features.reference_view_long_sides_px == (64,)
+    assert changed.verify.max_illumination_tint == 1.5 and changed.vote == LocalConfig().vote
+    assert LocalConfig().with_settings([]) == LocalConfig()
+    for bad, message in (("candidates.max_tries", "no SECTION.NAME=VALUE"), ("max_tries=3", "no SECTION.NAME"),
+                         ("candidate.max_tries=3", "no SECTION.NAME"), ("candidates.max_triez=3", "unknown setting"),
+                         ("candidates.max_tries=many", "not a number"), ("candidates.max_tries=0", "at least 1"),
+                         ("candidates.max_tries=2.5", "whole number")):
+        with pytest.raises(IndexFormatError, match=message):
+            LocalConfig().with_settings([bad])
+
+
 def test_retired_candidate_settings_of_older_indexes_are_read_and_dropped() -> None:
     old = {"unclear_mirror_candidates": 15, "unclear_mirror_min_inliers": 5, "mirror_fallback_candidates": 0,
            "max_candidates": 40, "screen_min_inliers": 7}
