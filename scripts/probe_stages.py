@@ -50,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     recogniser = index.recogniser
     if args.set:
         recogniser.config = recogniser.config.with_settings(args.set)
-        if hasattr(recogniser.vocabulary, "probes"):  # the vocabulary took its probe count at load
-            recogniser.vocabulary.probes = recogniser.config.vote.inverted_lists_probed
     limit = recogniser.config.candidates.max_tries
     known = [q for q in read_queries(args.queries) if q.is_known]
     queries = sample_queries(known, args.sample, args.seed)

@@ -192,8 +192,8 @@ class Recogniser:
     def __init__(self, store: LocalStore, vocabulary: Any, table: PinTable, calibration: Calibration,
                  config: LocalConfig = LocalConfig()) -> None:
         self.store = store
-        self.config = config
         self.vocabulary = vocabulary
+        self.config = config
         self.table = table
         self.image_pin_rows = dict(zip(table.image_ids.tolist(), table.image_pin_rows.tolist()))
         self.designs = {pin_row: pin.design for pin_row, pin in table.pins.items()}
@@ -202,6 +202,17 @@ class Recogniser:
         for image_id, pin_row in self.image_pin_rows.items():
             self.design_images.setdefault(self.designs[pin_row], []).append(image_id)
         self._glance_index: GlanceIndex | None = None
+
+    @property
+    def config(self) -> LocalConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: LocalConfig) -> None:
+        """A new config reaches the vocabulary too: its probe count is a search setting (``VoteConfig``)."""
+        self._config = config
+        if hasattr(self.vocabulary, "probes"):
+            self.vocabulary.probes = config.vote.inverted_lists_probed
 
     def candidates(self, image: Image.Image, clip: Sequence[tuple[int, float]] = (), *,
                    limit: int | None = None, board: bool = False, exclude: Collection[int] = ()
