@@ -31,6 +31,7 @@ from ..local.glance import (HISTOGRAM_DIMS, SHAPE_DIMS, GlanceIndex, photo_silho
                             reference_descriptors, salient_region)
 from ..local.silhouette import Silhouette
 from ..local.store import LocalStore
+from ..local.threads import search_worker
 from ..local.verify import (LabPyramid, Verification, VerifyConfig, dense_checks, outline_alignment, quick_inliers,
                             verify)
 from ..local.vote import Ballot, VoteConfig, ballot
@@ -376,25 +377,31 @@ class Recogniser:
         floor = config.screen_min_inliers
         listed: list[tuple[int, float, int, bool]] = []  # (cheap-check inliers if found, votes, image, mirrored)
         strongest = {False: 0, True: 0}
-        for flip, seen in ((False, features), (True, mirror)):
-            if seen is None:
-                continue
-            found = ballot(self.vocabulary, self.store.row_image, seen.descriptors, seen.keypoints,
-                           self.store.vote_keypoints, config=self.config.vote)
-            matches_of = _matches_by_image(found)
-            screened = 0
-            for image_id, total in zip(found.images.tolist(), found.totals.tolist()):
-                if image_id in excluded:
+
+        def vote(seen: Features) -> Ballot:
+            return ballot(self.vocabulary, self.store.row_image, seen.descriptors, seen.keypoints,
+                          self.store.vote_keypoints, config=self.config.vote)
+
+        with search_worker("pinid-vote") as pool:  # the mirror image votes while the photo's ballot is screened
+            mirror_vote = None if mirror is None else pool.submit(vote, mirror)
+            for flip, seen in ((False, features), (True, mirror)):
+                if seen is None:
                     continue
-                quick = 0
-                if screened < config.screened_candidates and image_id in self.store:
-                    screened += 1
-                    query_rows, reference_rows = matches_of(image_id)
-                    keypoints, first_row, long_side = self.store.keypoints(image_id)
-                    quick = quick_inliers(seen.keypoints[query_rows], keypoints[reference_rows - first_row],
-                                          long_side, config=self.config.verify)
-                    strongest[flip] = max(strongest[flip], quick)
-                listed.append((quick if quick >= floor else 0, total, image_id, flip))
+                found = vote(seen) if not flip or mirror_vote is None else mirror_vote.result()
+                matches_of = _matches_by_image(found)
+                screened = 0
+                for image_id, total in zip(found.images.tolist(), found.totals.tolist()):
+                    if image_id in excluded:
+                        continue
+                    quick = 0
+                    if screened < config.screened_candidates and image_id in self.store:
+                        screened += 1
+                        query_rows, reference_rows = matches_of(image_id)
+                        keypoints, first_row, long_side = self.store.keypoints(image_id)
+                        quick = quick_inliers(seen.keypoints[query_rows], keypoints[reference_rows - first_row],
+                                              long_side, config=self.config.verify)
+                        strongest[flip] = max(strongest[flip], quick)
+                    listed.append((quick if quick >= floor else 0, total, image_id, flip))
         listed.sort(key=lambda item: (-item[0], -item[1], item[2], item[3]))
         votes: dict[int, float] = {}
         for _, total, image_id, _ in listed:

@@ -267,6 +267,29 @@ def test_inverted_matches_align_a_pin_whose_light_and_dark_are_swapped() -> None
     assert verify(bare, lab, [(0, entry)])[0].distinct_inliers == plain.distinct_inliers
 
 
+def test_many_candidates_verified_together_get_what_each_gets_alone() -> None:
+    """Past a few candidates the photo's matches are searched chunk by chunk on a worker thread, ahead of the
+    geometry: each candidate must still get its own matches, in the candidates' order."""
+    from pinid.local.features import query_feature_pair
+    from pinid.local.verify import _MATCH_CHUNK
+
+    photo = 255 - place(background(), pin(3), PERSPECTIVE)
+    lab = cv2.cvtColor(photo, cv2.COLOR_RGB2LAB)
+    features, _ = query_feature_pair(Image.fromarray(photo), mirrored=False, inverted=True)
+    entries = {seed: reference_entry(pin(seed)) for seed in (3, 4, 5, 6)}
+    order = [4, 5, 6, 4, 5, 6, 5, 4, 6, 3, 5, 4, 6, 4, 3, 6, 5, 4, 5, 6, 3]
+    assert len(order) > 2 * _MATCH_CHUNK
+    together = verify(features, lab, [(i, entries[seed]) for i, seed in enumerate(order)])
+    alone = {seed: verify(features, lab, [(0, entries[seed])])[0] for seed in entries}
+    assert [v.image_id for v in together] == list(range(len(order)))
+    assert alone[3].aligned and not all(v.aligned for v in alone.values())  # both kinds among them
+    for v, seed in zip(together, order):
+        assert v.aligned == alone[seed].aligned and v.matches == alone[seed].matches
+        assert v.distinct_inliers == alone[seed].distinct_inliers
+        if v.aligned:
+            np.testing.assert_allclose(v.homography, alone[seed].homography)
+
+
 def test_unrelated_reference_does_not_align() -> None:
     photo = place(background(), pin(3), PERSPECTIVE)
     features = query_features(Image.fromarray(photo))
