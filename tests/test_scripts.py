@@ -313,6 +313,10 @@ def test_probe_stages(bench_index: Path, bench: Path) -> None:
     mirrored = run_script("probe_stages.py", bench_index, bench / "queries.csv", "--sample", 2, "--mirror",
                           "--set", "candidates.screened_candidates=0").stdout
     assert "(mirrored)" in mirrored
+    both = run_script("probe_stages.py", bench_index, bench / "queries.csv", "--sample", 2, "--both").stdout
+    assert "| 2 photos | as taken | mirrored |" in both and "| first, this way only (photos) |" in both
+    shares = [line for line in both.splitlines() if line.startswith("| first |")][0].split("|")[2:4]
+    assert all(0.0 <= float(share) <= 1.0 for share in shares)
 
 
 SMOKE_TESTS["probe_stages.py"] = test_probe_stages

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import reprlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Collection, Iterator, Sequence, TypeVar
 
@@ -31,7 +32,6 @@ from ..local.glance import (HISTOGRAM_DIMS, SHAPE_DIMS, GlanceIndex, photo_silho
                             reference_descriptors, salient_region)
 from ..local.silhouette import Silhouette
 from ..local.store import LocalStore
-from ..local.threads import search_worker
 from ..local.verify import (LabPyramid, Verification, VerifyConfig, dense_checks, outline_alignment, quick_inliers,
                             verify)
 from ..local.vote import Ballot, VoteConfig, ballot
@@ -382,7 +382,8 @@ class Recogniser:
             return ballot(self.vocabulary, self.store.row_image, seen.descriptors, seen.keypoints,
                           self.store.vote_keypoints, config=self.config.vote)
 
-        with search_worker("pinid-vote") as pool:  # the mirror image votes while the photo's ballot is screened
+        # the mirror image votes on a worker thread while the photo's own ballot is screened
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pinid-vote") as pool:
             mirror_vote = None if mirror is None else pool.submit(vote, mirror)
             for flip, seen in ((False, features), (True, mirror)):
                 if seen is None:

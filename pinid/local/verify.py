@@ -18,6 +18,7 @@ written whole into each index's manifest.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Iterator
 
@@ -26,7 +27,6 @@ import numpy as np
 from .config import Config, check
 from .features import INSIDE_ALPHA, THUMBNAIL_SIDE, Features, ReferenceEntry
 from .silhouette import Silhouette, outline_maps, silhouette
-from .threads import search_worker
 
 
 _MATCH_CHUNK = 8  # references matched at once ahead of the geometry (_matched_ahead)
@@ -695,14 +695,15 @@ def _matched_ahead(query: Features, twins: Features | None, references: list[Fea
 
     The exact search leaves Python's lock; the geometry after it is Python,
     on one core. So the next chunk is searched while the last one's geometry
-    is checked, on all cores but one (two cores: 0.94 of the time per photo,
-    paired on 60 benchmark photos). A reference's matches do not depend on
-    the others', so they are the same as from one search of all.
+    is checked. The worker keeps FAISS's own thread count: held to all cores
+    but one it was slower (paired on 100 benchmark photos, 2 cores: 0.93 of
+    the serial time per photo against 0.96). A reference's matches do not
+    depend on the others', so they are the same as from one search of all.
     """
     if len(references) <= chunk:
         yield from _match_with_twins(query, twins, references, config)
         return
-    with search_worker("pinid-match") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pinid-match") as pool:
         pending = [pool.submit(_match_with_twins, query, twins, references[start:start + chunk], config)
                    for start in range(0, len(references), chunk)]
         try:

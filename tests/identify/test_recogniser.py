@@ -271,20 +271,22 @@ def test_both_votes_make_one_list_of_tries_each_image_in_the_orientation_that_vo
 
     rec = recogniser(parts)
     own, other = {0: 3.0, 1: 2.0}, {3: 4.0, 1: 5.0, 2: 1.0}
-    ballots = [_fake_ballot(own), _fake_ballot(other)]  # the photo's vote, then its mirror image's
-    monkeypatch.setattr(module, "ballot", lambda *args, **kwargs: ballots.pop(0))
     features, mirror = module.query_feature_pair(photo_of(pin(5)))
+    # the photo's vote and its mirror image's (which is cast on a worker thread, perhaps first)
+    ballots = {id(features.descriptors): _fake_ballot(own), id(mirror.descriptors): _fake_ballot(other)}
+    monkeypatch.setattr(module, "ballot", lambda _vocabulary, _rows, descriptors, *args, **kwargs:
+                        ballots[id(descriptors)])
     votes, tries, mirrored = rec._screen(features, mirror, frozenset({2}))
     assert votes == {0: 3.0, 1: 5.0, 3: 4.0}  # 2 excluded; 1 at the larger of its two votes
     assert tries == [(1, True), (3, True), (0, False), (1, False)]  # by votes, whichever orientation gave them
     assert not mirrored  # no cheap-check evidence: what no vote brought is tried as taken
     # the mirrored photo's votes are the photo's swapped: the same list, each try the other way round
-    ballots[:] = [_fake_ballot(other), _fake_ballot(own)]
+    ballots.update({id(features.descriptors): _fake_ballot(other), id(mirror.descriptors): _fake_ballot(own)})
     swapped_votes, swapped_tries, _ = rec._screen(features, mirror, frozenset({2}))
     assert swapped_votes == votes and swapped_tries == [(image_id, not flip) for image_id, flip in tries]
     # the cheap check finds image 3 in the mirror image (8 inliers, none as taken): it goes first, and the photo
     # is clearly mirrored (what no vote brought is tried mirrored)
-    ballots[:] = [_fake_ballot(own), _fake_ballot(other)]
+    ballots.update({id(features.descriptors): _fake_ballot(own), id(mirror.descriptors): _fake_ballot(other)})
     inliers = [0, 0, 0, 8]  # own 0, own 1, then the mirror's 1 and 3, in vote order (2 is excluded)
     monkeypatch.setattr(module, "quick_inliers", lambda *args, **kwargs: inliers.pop(0))
     votes, tries, mirrored = rec._screen(features, mirror, frozenset({2}))
