@@ -16,8 +16,9 @@ Also the time per photo (p50 / p90). ``--mirror`` scores left-right mirrored
 copies of the same photos instead (front cameras and some listing sites mirror
 photos); ``--both`` scores each photo both ways, one right after the other, and
 counts the photos that only one orientation puts first (the mirror target is a
-gap, and paired photos measure a gap with less noise). Prints one Markdown table; a research probe, smoke-tested at its
-smallest size (tests/test_scripts.py).
+gap, and paired photos measure a gap with less noise). Prints one Markdown
+table; a research probe, smoke-tested at its smallest size
+(tests/test_scripts.py).
 """
 
 from __future__ import annotations
@@ -78,12 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         for way in ways:
             first_only[way] += first[way] and not all(first.values())
     total = max(1, len(queries))
-    if ways == ["as taken"]:
-        header = [f"{len(queries)} photos", "share"]
-    elif ways == ["mirrored"]:
-        header = [f"{len(queries)} photos (mirrored)", "share"]
-    else:
-        header = [f"{len(queries)} photos", *ways]
+    header = [f"{len(queries)} photos{' (mirrored)' if args.mirror else ''}", *(ways if args.both else ["share"])]
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     for stage in ("candidates", "aligned", "first"):
