@@ -139,7 +139,15 @@ class Vocabulary:
     def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._joined is None or self.ntotal == 0:
             return (np.full((len(descriptors), k), np.inf, np.float32), np.full((len(descriptors), k), -1, np.int64))
-        return self._joined.search(descriptors, k, params=self._parameters)
+        import faiss
+
+        # parameters of this search alone: an ID map swaps the selector in the parameters it is given while it
+        # searches, so searches sharing one object (the mirror image's vote on a worker thread, a server's
+        # workers) crash once images were removed
+        parameters = faiss.SearchParametersIVF()
+        parameters.nprobe = self._parameters.nprobe
+        parameters.sel = self._selector
+        return self._joined.search(descriptors, k, params=parameters)
 
     def template(self) -> Any | None:
         """An empty trained inverted file like the shards, or ``None`` while they are exact."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,12 @@ def test_any_sequence_of_changes_answers_as_a_fresh_build_of_the_final_catalogue
     assert reopened.recogniser.store.live_rows == fresh.recogniser.store.live_rows
     assert reopened.info()["counts"] == fresh.info()["counts"]
     _assert_same_answers(reopened, fresh)
+    # two photos at once, as a server's workers answer them: the same answers, and no crash in FAISS (searches once
+    # shared one parameters object, which an ID map changes while it searches)
+    alone = _answers(reopened)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(lambda _: _answers(reopened), range(2)))
+    assert together == [alone, alone]
     pin3 = [row for row in reopened._table.pins.values() if row.pin_id == "pin-3"][0]
     assert pin3.name == "Pin three, reissued" and pin3.metadata["year"] == 2026
 
