@@ -105,8 +105,7 @@ class Vocabulary:
         self.shards = list(shards)
         self.d = DESCRIPTOR_DIMS
         self.ntotal = sum(int(shard.ntotal) for shard in self.shards)
-        self._parameters = faiss.SearchParametersIVF()
-        self._parameters.nprobe = probes
+        self._probes = int(probes)
         self._selector: Any = None
         self.excluded = 0  # rows of removed images left out of every search
         self._joined: Any = None
@@ -121,11 +120,11 @@ class Vocabulary:
     @property
     def probes(self) -> int:
         """Inverted lists scanned per lookup (what ``VoteConfig.inverted_lists_probed`` set at load)."""
-        return int(self._parameters.nprobe)
+        return self._probes
 
     @probes.setter
     def probes(self, count: int) -> None:
-        self._parameters.nprobe = int(count)
+        self._probes = int(count)
 
     def exclude(self, rows: np.ndarray) -> None:
         """Leave these global rows (of removed images) out of every search from now on."""
@@ -133,7 +132,6 @@ class Vocabulary:
 
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         self._selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(rows)) if len(rows) else None
-        self._parameters.sel = self._selector
         self.excluded = len(rows)
 
     def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,9 +142,10 @@ class Vocabulary:
         # parameters of this search alone: an ID map swaps the selector in the parameters it is given while it
         # searches, so searches sharing one object (the mirror image's vote on a worker thread, a server's
         # workers) crash once images were removed
+        selector = self._selector  # held here for the search, should ``exclude`` replace it meanwhile
         parameters = faiss.SearchParametersIVF()
-        parameters.nprobe = self._parameters.nprobe
-        parameters.sel = self._selector
+        parameters.nprobe = self._probes
+        parameters.sel = selector
         return self._joined.search(descriptors, k, params=parameters)
 
     def template(self) -> Any | None:
